@@ -1,0 +1,1 @@
+"""The learning core: pure Python (numpy, gymnasium, torch), no Django imports."""
