@@ -1,0 +1,211 @@
+"""Request and response shapes. Observation validation is delegated to the one shared function,
+`training.rl.features.validate_observation`, so the API and the stream consumer accept exactly
+the same inputs."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from rest_framework import serializers
+
+from decisions.models import Decision, Experience, ShadowModeChange
+from training.models import ModelVersion, TrainingRun
+from training.rl.actions import ACTION_NAMES
+from training.rl.features import OBSERVATION_DEFAULTS, REGIMES, ObservationError, validate_observation
+
+
+def _observation_fields() -> dict[str, serializers.Field]:
+    fields: dict[str, serializers.Field] = {
+        "symbol": serializers.CharField(required=False, max_length=32, help_text="Instrument, e.g. BTCUSDT.")
+    }
+    for name, default in OBSERVATION_DEFAULTS.items():
+        if name == "regime":
+            fields[name] = serializers.ChoiceField(choices=REGIMES, required=False, default=default)
+        elif name != "symbol":
+            fields[name] = serializers.FloatField(required=False, default=default)
+    return fields
+
+
+class ObservationSerializer(serializers.Serializer):
+    """One observation (CONTRACTS section 4). Every field is optional with the seed's default."""
+
+    def get_fields(self):
+        return _observation_fields()
+
+    def to_internal_value(self, data):
+        try:
+            return validate_observation(data)
+        except ObservationError as exc:
+            raise serializers.ValidationError({exc.field: [exc.reason]}) from None
+
+
+class PredictBatchSerializer(serializers.Serializer):
+    observations = serializers.ListField(child=ObservationSerializer(), min_length=1, max_length=settings.RLV3_MAX_BATCH)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise serializers.ValidationError({"__root__": ["body must be a JSON object"]})
+        items = data.get("observations")
+        if not isinstance(items, list):
+            raise serializers.ValidationError({"observations": ["must be a list of observation objects"]})
+        if not items:
+            raise serializers.ValidationError({"observations": ["must not be empty"]})
+        if len(items) > settings.RLV3_MAX_BATCH:
+            raise serializers.ValidationError(
+                {"observations": [f"at most {settings.RLV3_MAX_BATCH} observations per request, got {len(items)}"]}
+            )
+        clean = []
+        for index, item in enumerate(items):
+            try:
+                clean.append(validate_observation(item))
+            except ObservationError as exc:
+                raise serializers.ValidationError({f"observations[{index}].{exc.field}": [exc.reason]}) from None
+        return {"observations": clean}
+
+
+class PredictionSerializer(serializers.Serializer):
+    decision_id = serializers.UUIDField()
+    symbol = serializers.CharField(allow_blank=True)
+    action = serializers.ChoiceField(choices=ACTION_NAMES)
+    action_code = serializers.IntegerField(min_value=0, max_value=5)
+    confidence = serializers.FloatField(help_text="The policy's probability of the chosen action.")
+    probabilities = serializers.DictField(child=serializers.FloatField(), help_text="Probability of each action, by name.")
+    value = serializers.FloatField(help_text="The critic's value estimate (not a confidence).")
+    model_version = serializers.CharField()
+    shadow_mode = serializers.BooleanField()
+
+    @staticmethod
+    def from_decision(decision: Decision) -> dict:
+        return {
+            "decision_id": str(decision.decision_id),
+            "symbol": decision.symbol,
+            "action": ACTION_NAMES[decision.action],
+            "action_code": decision.action,
+            "confidence": decision.confidence,
+            "probabilities": dict(zip(ACTION_NAMES, decision.probabilities)),
+            "value": decision.value,
+            "model_version": decision.model_version,
+            "shadow_mode": decision.shadow_mode,
+        }
+
+
+class TrainRequestSerializer(serializers.Serializer):
+    timesteps = serializers.IntegerField(required=False, min_value=1_000, max_value=50_000_000)
+    num_episodes = serializers.IntegerField(required=False, min_value=1, max_value=100_000, help_text="Seed compatibility: episodes of the configured length.")
+    dataset = serializers.CharField(required=False, max_length=200)
+    seed = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1, default=0)
+    seeds = serializers.ListField(child=serializers.IntegerField(min_value=0, max_value=2**31 - 1), required=False, min_length=1, max_length=16)
+
+
+class TrainAcceptedSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    url = serializers.CharField()
+    status = serializers.CharField()
+    dataset = serializers.CharField()
+    timesteps = serializers.IntegerField()
+
+
+class ShadowModeRequestSerializer(serializers.Serializer):
+    enabled = serializers.BooleanField()
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+
+
+class ShadowModeChangeSerializer(serializers.ModelSerializer):
+    changed_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = ShadowModeChange
+        fields = ["changed_by", "changed_at", "old_value", "new_value", "reason", "via"]
+
+
+class ShadowModeResponseSerializer(serializers.Serializer):
+    shadow_mode = serializers.BooleanField()
+    previous = serializers.BooleanField()
+    change = ShadowModeChangeSerializer()
+
+
+class DecisionSerializer(serializers.ModelSerializer):
+    action = serializers.SerializerMethodField()
+    action_code = serializers.IntegerField(source="action")
+
+    class Meta:
+        model = Decision
+        fields = [
+            "decision_id", "symbol", "action", "action_code", "confidence", "probabilities", "value",
+            "model_version", "role", "shadow_mode", "source", "observation", "stream_entry_id",
+            "correlation_id", "trace_id", "created_at",
+        ]
+
+    def get_action(self, obj) -> str:
+        return ACTION_NAMES[obj.action]
+
+
+class ExperienceSerializer(serializers.ModelSerializer):
+    action = serializers.SerializerMethodField()
+    action_code = serializers.IntegerField(source="action")
+    decision = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Experience
+        fields = [
+            "id", "symbol", "observation", "action", "action_code", "behaviour_probabilities", "model_version",
+            "reward", "pnl", "roi", "position_id", "correlation_id", "closed_at", "decision",
+        ]
+
+    def get_action(self, obj) -> str:
+        return ACTION_NAMES[obj.action]
+
+    def get_decision(self, obj) -> dict:
+        d = obj.decision
+        return {"decision_id": str(d.decision_id), "confidence": d.confidence, "value": d.value,
+                "shadow_mode": d.shadow_mode, "created_at": d.created_at.isoformat()}
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    aliases = serializers.SerializerMethodField()
+    training_run = serializers.PrimaryKeyRelatedField(read_only=True)
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "version", "aliases", "metrics", "config", "dataset", "dataset_fingerprint", "feature_spec_version",
+            "code_version", "sha256", "artifact_path", "gate_decision", "training_run", "created_at", "tags",
+        ]
+
+    def get_aliases(self, obj) -> list[str]:
+        return sorted(a.name for a in obj.aliases.all())
+
+
+class PromoteRequestSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+
+
+class TrainingRunSerializer(serializers.ModelSerializer):
+    model_versions = serializers.SerializerMethodField()
+    requested_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = TrainingRun
+        fields = [
+            "id", "kind", "status", "dataset", "seed", "seeds", "parent", "timesteps", "timesteps_done", "progress",
+            "recent_mean_reward", "config", "metrics", "error", "requested_by", "created_at", "started_at",
+            "heartbeat_at", "finished_at", "model_versions",
+        ]
+
+    def get_model_versions(self, obj) -> list[int]:
+        return [v.version for v in obj.model_versions.all()]
+
+
+class StatusSerializer(serializers.Serializer):
+    active = serializers.BooleanField(help_text="True while a stream subscriber is alive (fresh heartbeat).")
+    shadow_mode = serializers.BooleanField()
+    model_loaded = serializers.BooleanField(help_text="False while the untrained fallback is served.")
+    experiences_collected = serializers.IntegerField()
+    decisions_total = serializers.IntegerField()
+    model_path = serializers.CharField(allow_blank=True)
+    served_version = serializers.CharField()
+    champion_version = serializers.IntegerField(allow_null=True)
+    challenger_version = serializers.IntegerField(allow_null=True)
+    load_error = serializers.CharField(allow_blank=True)
+    feature_spec_version = serializers.CharField()
+    last_training_run = serializers.DictField(allow_null=True)
+    subscriber = serializers.DictField()

@@ -1,0 +1,72 @@
+"""Reads on the live side: status, decisions, experiences, subscriber health."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import QuerySet
+
+from .models import Decision, Experience
+
+log = logging.getLogger(__name__)
+
+# The subscriber writes one JSON heartbeat per consumer into this Redis hash (see decisions.streams).
+SUBSCRIBER_HEARTBEATS_KEY = "rlv3:subscriber:heartbeats"
+HEARTBEAT_FRESH_SECONDS = 30.0
+
+
+def decision_list() -> QuerySet[Decision]:
+    return Decision.objects.all()
+
+
+def experience_list() -> QuerySet[Experience]:
+    return Experience.objects.select_related("decision")
+
+
+def table_count(model) -> int:
+    """Exact count for small tables; PostgreSQL's planner estimate once a table is large."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", [model._meta.db_table])
+            row = cursor.fetchone()
+        if row and row[0] and row[0] > 200_000:
+            return int(row[0])
+    return model.objects.count()
+
+
+def redis_client():
+    import redis
+
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
+
+
+def subscriber_health(client=None) -> dict:
+    """Heartbeat age and lag of every subscriber consumer, newest first."""
+    try:
+        client = client or redis_client()
+        raw = client.hgetall(SUBSCRIBER_HEARTBEATS_KEY)
+    except Exception as exc:  # Redis down: status must say so, not fail
+        return {"alive": False, "error": f"redis unavailable: {exc.__class__.__name__}", "consumers": []}
+    now = time.time()
+    consumers = []
+    for name, text in raw.items():
+        try:
+            beat = json.loads(text)
+        except ValueError:
+            continue
+        beat["consumer"] = name
+        beat["age_seconds"] = round(now - float(beat.get("ts", 0)), 3)
+        consumers.append(beat)
+    consumers.sort(key=lambda b: b["age_seconds"])
+    fresh = [c for c in consumers if c["age_seconds"] <= HEARTBEAT_FRESH_SECONDS]
+    lag = max((c.get("lag", 0) or 0 for c in fresh), default=None)
+    return {
+        "alive": bool(fresh),
+        "heartbeat_age_seconds": consumers[0]["age_seconds"] if consumers else None,
+        "lag": lag,
+        "consumers": consumers[:20],
+    }

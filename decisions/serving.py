@@ -1,0 +1,165 @@
+"""The policy, loaded once per process and swapped when the champion alias moves.
+
+Serving runs on the numpy inference runtime (no torch in the web or subscriber process). An artifact
+is loaded only when its sha256 matches its ModelVersion; a refused or missing artifact leaves the
+last good policy in place (or, with none, an untrained network reported as `model_loaded=false`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import DatabaseError
+
+from training.rl.inference import PolicyRuntime
+
+log = logging.getLogger(__name__)
+
+UNTRAINED = "untrained"
+
+
+@dataclass(frozen=True)
+class ServedPolicy:
+    runtime: PolicyRuntime
+    version: str  # the version number as text, or "untrained"
+    loaded: bool  # False for the untrained fallback
+    path: str = ""
+
+
+@dataclass
+class _State:
+    champion: ServedPolicy | None = None
+    challenger: ServedPolicy | None = None
+    checked_at: float = float("-inf")
+    aliases: dict = field(default_factory=dict)
+    refused: dict = field(default_factory=dict)  # version -> reason it was refused
+    last_error: str = ""
+
+
+class PolicyServer:
+    """Thread-safe holder of the served champion (and challenger, for A/B scoring in shadow)."""
+
+    def __init__(self, poll_seconds: float | None = None):
+        self._lock = threading.Lock()
+        self._state = _State()
+        self._cache: dict[int, ServedPolicy] = {}
+        self._poll = settings.RLV3_MODEL_POLL_SECONDS if poll_seconds is None else poll_seconds
+        self._untrained = ServedPolicy(runtime=PolicyRuntime.untrained(seed=0), version=UNTRAINED, loaded=False)
+
+    # -- public ------------------------------------------------------------------------------
+    def champion(self) -> ServedPolicy:
+        self._maybe_refresh()
+        return self._state.champion or self._untrained
+
+    def challenger(self) -> ServedPolicy | None:
+        self._maybe_refresh()
+        return self._state.challenger
+
+    def refresh(self) -> None:
+        """Re-read the aliases now (tests and the admin call this after moving an alias)."""
+        with self._lock:
+            self._refresh_locked()
+
+    def describe(self) -> dict:
+        champion = self.champion()
+        challenger = self._state.challenger
+        return {
+            "model_loaded": champion.loaded,
+            "served_version": champion.version,
+            "model_path": champion.path,
+            "challenger_version": challenger.version if challenger else None,
+            "load_error": self._state.last_error,
+            "refused_versions": dict(self._state.refused),
+        }
+
+    # -- internals -----------------------------------------------------------------------------
+    def _maybe_refresh(self) -> None:
+        if time.monotonic() - self._state.checked_at < self._poll:
+            return
+        if not self._lock.acquire(blocking=self._state.champion is None):
+            return  # another thread is refreshing; keep serving the current policy
+        try:
+            if time.monotonic() - self._state.checked_at >= self._poll:
+                self._refresh_locked()
+        finally:
+            self._lock.release()
+
+    def _refresh_locked(self) -> None:
+        from training.models import AliasChange, AliasName, ModelVersion
+        from training.selectors import alias_versions
+
+        self._state.checked_at = time.monotonic()
+        try:
+            aliases = alias_versions()
+            if aliases == self._state.aliases and self._state.champion is not None:
+                return
+            wanted = aliases.get(AliasName.CHAMPION)
+            champion = self._state.champion
+            if wanted is not None and (champion is None or champion.version != str(wanted)):
+                candidates = [wanted] + [
+                    v for v in AliasChange.objects.filter(name=AliasName.CHAMPION, new_version__isnull=False)
+                    .exclude(new_version=wanted).values_list("new_version", flat=True)
+                ]
+                for number in dict.fromkeys(candidates):  # the champion, then earlier champions, newest first
+                    if champion is not None and champion.version == str(number):
+                        break  # the one already served is the best good fallback
+                    served = self._load(ModelVersion.objects.filter(version=number).first())
+                    if served is not None:
+                        champion = served
+                        break
+            elif wanted is None:
+                champion = None
+            challenger_number = aliases.get(AliasName.CHALLENGER)
+            challenger = (
+                self._load(ModelVersion.objects.filter(version=challenger_number).first())
+                if challenger_number is not None else None
+            )
+            self._state.champion, self._state.challenger, self._state.aliases = champion, challenger, aliases
+        except DatabaseError as exc:
+            self._state.last_error = f"registry unavailable: {exc}"
+            log.warning("policy refresh failed: %s", exc)
+
+    def _load(self, version) -> ServedPolicy | None:
+        if version is None:
+            return None
+        cached = self._cache.get(version.version)
+        if cached is not None:
+            return cached
+        try:
+            runtime = PolicyRuntime.load(version.runtime_path, expected_sha256=version.runtime_sha256)
+        except Exception as exc:  # refused (sha256, spec) or unreadable: never serve it
+            reason = f"v{version.version} refused: {exc}"
+            self._state.refused[str(version.version)] = str(exc)
+            self._state.last_error = reason
+            log.error("model %s", reason)
+            return None
+        served = ServedPolicy(runtime=runtime, version=str(version.version), loaded=True, path=version.artifact_path)
+        self._cache[version.version] = served
+        self._state.refused.pop(str(version.version), None)
+        log.info("serving model v%s from %s", version.version, version.runtime_path)
+        return served
+
+
+_server: PolicyServer | None = None
+_server_lock = threading.Lock()
+
+
+def policy_server() -> PolicyServer:
+    """The process-wide PolicyServer (created on first use, after fork)."""
+    global _server
+    if _server is None:
+        with _server_lock:
+            if _server is None:
+                _server = PolicyServer()
+    return _server
+
+
+def policy_server_reset() -> None:
+    """Forget the loaded policies (tests use this to simulate a fresh process)."""
+    global _server
+    with _server_lock:
+        _server = None

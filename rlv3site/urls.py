@@ -1,0 +1,15 @@
+from django.contrib import admin
+from django.contrib.admin.views.decorators import staff_member_required
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from decisions.health import healthz
+
+urlpatterns = [
+    path("api/v1/rl/v3/", include("decisions.api.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", staff_member_required(SpectacularSwaggerView.as_view(url_name="schema")), name="swagger-ui"),
+    path("healthz", healthz, name="healthz"),
+    path("", include("django_prometheus.urls")),
+    path("admin/", admin.site.urls),
+]

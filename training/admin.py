@@ -1,0 +1,99 @@
+from django.contrib import admin, messages
+
+from decisions.admin_utils import HistoryAdmin, pretty_json
+
+from . import services
+from .models import AliasChange, ModelAlias, ModelVersion, TrainingRun
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(HistoryAdmin):
+    list_display = ("version", "alias_names", "val_sharpe", "val_return", "val_drawdown", "dataset", "created_at", "gate_decision")
+    list_filter = ("dataset", "feature_spec_version")
+    search_fields = ("=version", "dataset", "code_version")
+    date_hierarchy = "created_at"
+    readonly_fields = ("metrics_pretty", "config_pretty")
+    exclude = ("metrics", "config")
+    actions = ["promote_to_champion"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("aliases")
+
+    @admin.display(description="aliases")
+    def alias_names(self, obj):
+        return ", ".join(sorted(a.name for a in obj.aliases.all())) or "-"
+
+    def _val(self, obj, key):
+        value = (obj.metrics or {}).get("validation", {}).get(key)
+        return None if value is None else round(float(value), 4)
+
+    @admin.display(description="val Sharpe")
+    def val_sharpe(self, obj):
+        return self._val(obj, "sharpe")
+
+    @admin.display(description="val return")
+    def val_return(self, obj):
+        return self._val(obj, "total_return")
+
+    @admin.display(description="val max DD")
+    def val_drawdown(self, obj):
+        return self._val(obj, "max_drawdown")
+
+    @admin.display(description="metrics")
+    def metrics_pretty(self, obj):
+        return pretty_json(obj.metrics)
+
+    @admin.display(description="config")
+    def config_pretty(self, obj):
+        return pretty_json(obj.config)
+
+    @admin.action(description="Promote to champion (or roll back to it)")
+    def promote_to_champion(self, request, queryset):
+        from decisions.api.permissions import is_operator
+
+        if not is_operator(request.user):
+            self.message_user(request, "operator permission required", level=messages.ERROR)
+            return
+        if queryset.count() != 1:
+            self.message_user(request, "select exactly one version", level=messages.ERROR)
+            return
+        version = queryset.get()
+        services.model_version_promote(version=version, user=request.user, reason=f"promoted by {request.user.username} in the admin")
+        self.message_user(request, f"v{version.version} is now champion")
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(ModelAlias)
+class ModelAliasAdmin(HistoryAdmin):
+    list_display = ("name", "model_version", "updated_at")
+
+
+@admin.register(AliasChange)
+class AliasChangeAdmin(HistoryAdmin):
+    list_display = ("changed_at", "name", "old_version", "new_version", "changed_by", "reason")
+    list_filter = ("name",)
+    date_hierarchy = "changed_at"
+
+
+@admin.register(TrainingRun)
+class TrainingRunAdmin(HistoryAdmin):
+    list_display = ("id", "kind", "dataset", "status", "progress_pct", "timesteps_done", "timesteps", "recent_mean_reward", "created_at", "finished_at")
+    list_filter = ("status", "kind", "dataset")
+    search_fields = ("=id", "dataset", "celery_task_id")
+    date_hierarchy = "created_at"
+    readonly_fields = ("metrics_pretty", "config_pretty")
+    exclude = ("metrics", "config", "curve")
+
+    @admin.display(description="progress", ordering="progress")
+    def progress_pct(self, obj):
+        return f"{obj.progress:.0f}%"
+
+    @admin.display(description="metrics")
+    def metrics_pretty(self, obj):
+        return pretty_json(obj.metrics)
+
+    @admin.display(description="config")
+    def config_pretty(self, obj):
+        return pretty_json(obj.config)
