@@ -1,0 +1,198 @@
+"""The REST API with the seed's exact requests, on the real database."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from django.core.management import call_command
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from decisions.models import Decision, DecisionSource, Experience, ShadowModeChange
+from training.models import RunStatus, TrainingRun
+from training.rl.actions import ACTION_NAMES
+
+API = "/api/v1/rl/v3/"
+SEED_BODY = '{"price_change_1m": 0.001, "volatility": 0.02, "rsi": 55}'
+
+pytestmark = pytest.mark.django_db
+
+
+def test_predict_seed_body_sent_like_curl(reader_api):
+    """curl -X POST .../predict -d '{...}' sends JSON labelled as a form; it must work unchanged."""
+    response = reader_api.generic("POST", API + "predict", SEED_BODY, content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["action"] in ACTION_NAMES
+    assert body["action_code"] == ACTION_NAMES.index(body["action"])
+    assert len(body["probabilities"]) == 6
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    # confidence is the probability of the chosen action, and the greedy action is the most likely one
+    assert body["confidence"] == pytest.approx(body["probabilities"][body["action"]])
+    assert body["confidence"] == pytest.approx(max(body["probabilities"].values()))
+    assert body["model_version"] == "untrained"
+    assert body["shadow_mode"] is True
+    stored = Decision.objects.get(decision_id=body["decision_id"])
+    assert stored.source == DecisionSource.API
+    assert stored.observation["rsi"] == 55 and stored.observation["volatility"] == 0.02
+    assert stored.observation["regime"] == "TREND"  # seed default filled in
+    assert len(stored.features) == 64
+
+
+def test_predict_batch_returns_a_list_in_order(reader_api):
+    observations = [{"rsi": 10, "symbol": "BTCUSDT"}, {"rsi": 50}, {"rsi": 90, "symbol": "ETHUSDT", "regime": "RANGE"}]
+    response = reader_api.post(API + "predict", {"observations": observations}, format="json")
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert isinstance(body, list) and len(body) == 3
+    assert [b["symbol"] for b in body] == ["BTCUSDT", "", "ETHUSDT"]
+    assert Decision.objects.count() == 3
+
+
+def test_predict_is_deterministic_for_the_same_observation(reader_api):
+    first = reader_api.post(API + "predict", {"rsi": 70, "macd": 0.5}, format="json").json()
+    second = reader_api.post(API + "predict", {"rsi": 70, "macd": 0.5}, format="json").json()
+    assert first["action"] == second["action"] and first["probabilities"] == second["probabilities"]
+
+
+def test_status_has_seed_and_service_fields(reader_api):
+    body = reader_api.get(API + "status").json()
+    for key in ("active", "shadow_mode", "model_loaded", "experiences_collected", "model_path",
+                "champion_version", "challenger_version", "last_training_run", "subscriber"):
+        assert key in body, key
+    assert body["model_loaded"] is False and body["champion_version"] is None
+    assert body["experiences_collected"] == 0
+
+
+def test_shadow_mode_seed_query_is_persisted_and_audited(operator_api, operator):
+    response = operator_api.post(API + "shadow_mode?enabled=false&reason=going+live")
+    assert response.status_code == 200, response.content
+    assert response.json()["shadow_mode"] is False and response.json()["previous"] is True
+    change = ShadowModeChange.objects.get()
+    assert (change.changed_by, change.old_value, change.new_value, change.reason) == (operator, True, False, "going live")
+    # A restart: a new process reads the persisted state, not the RLV3_SHADOW_MODE default.
+    from decisions import services
+    assert services.shadow_mode_state().enabled is False
+    response = operator_api.post(API + "shadow_mode", {"enabled": True, "reason": "rollback"}, format="json")
+    assert response.json()["shadow_mode"] is True
+    assert ShadowModeChange.objects.count() == 2
+    assert operator_api.get(API + "status").json()["shadow_mode"] is True
+
+
+def test_shadow_mode_off_is_reflected_in_decisions(operator_api):
+    operator_api.post(API + "shadow_mode?enabled=false")
+    body = operator_api.post(API + "predict", {"rsi": 40}, format="json").json()
+    assert body["shadow_mode"] is False
+
+
+def test_train_seed_query_queues_a_run_and_conflicts_while_active(operator_api):
+    response = operator_api.post(API + "train?num_episodes=100")
+    assert response.status_code == 202, response.content
+    body = response.json()
+    run = TrainingRun.objects.get(pk=body["id"])
+    assert run.timesteps == 100 * 512 and run.status in (RunStatus.QUEUED, RunStatus.RUNNING)
+    assert body["url"].endswith(f"/training-runs/{run.pk}")
+    second = operator_api.post(API + "train", {"timesteps": 5000}, format="json")
+    assert second.status_code == 409
+    assert second.json()["run_id"] == run.pk
+    detail = operator_api.get(body["url"])
+    assert detail.status_code == 200 and detail.json()["id"] == run.pk
+    TrainingRun.objects.filter(pk=run.pk).update(status=RunStatus.FAILED)
+    assert operator_api.post(API + "train", {"timesteps": 5000, "dataset": "googl_1d"}, format="json").status_code == 202
+
+
+def _decision(symbol="BTCUSDT", action=1, **kw):
+    defaults = dict(symbol=symbol, observation={"rsi": 50, "symbol": symbol}, features=[0.0] * 64, action=action,
+                    probabilities=[0.1, 0.5, 0.1, 0.1, 0.1, 0.1], confidence=0.5, value=0.0, model_version="1",
+                    shadow_mode=True, source=DecisionSource.STREAM)
+    defaults.update(kw)
+    return Decision.objects.create(**defaults)
+
+
+def _experience(decision, pnl=10.0, closed_at=None):
+    return Experience.objects.create(
+        decision=decision, symbol=decision.symbol, observation=decision.observation, action=decision.action,
+        behaviour_probabilities=decision.probabilities, model_version=decision.model_version, reward=pnl / 100,
+        pnl=pnl, roi=pnl / 10, closed_at=closed_at or timezone.now(),
+    )
+
+
+def test_experiences_are_filtered_and_paginated(reader_api):
+    now = timezone.now()
+    for i in range(7):
+        _experience(_decision("BTCUSDT", action=1 + i % 2), pnl=i, closed_at=now - dt.timedelta(hours=i))
+    _experience(_decision("ETHUSDT", action=4), pnl=-3)
+    body = reader_api.get(API + "experiences", {"symbol": "BTCUSDT", "page_size": 3}).json()
+    assert len(body["results"]) == 3 and body["next"]
+    assert {r["symbol"] for r in body["results"]} == {"BTCUSDT"}
+    first = body["results"][0]
+    assert set(first) >= {"observation", "action", "reward", "pnl", "roi", "decision"}
+    seen = [r["id"] for r in body["results"]]
+    while body["next"]:
+        body = reader_api.get(body["next"]).json()
+        seen += [r["id"] for r in body["results"]]
+    assert len(seen) == len(set(seen)) == 7
+    assert len(reader_api.get(API + "experiences", {"action": "SHORT"}).json()["results"]) == 3
+    assert len(reader_api.get(API + "experiences", {"action": "4"}).json()["results"]) == 1
+    since = (now - dt.timedelta(hours=2, minutes=30)).isoformat()
+    assert len(reader_api.get(API + "experiences", {"symbol": "BTCUSDT", "since": since}).json()["results"]) == 3
+    until = (now - dt.timedelta(hours=4, minutes=30)).isoformat()
+    assert len(reader_api.get(API + "experiences", {"symbol": "BTCUSDT", "until": until}).json()["results"]) == 2
+    assert reader_api.get(API + "status").json()["experiences_collected"] == 8
+
+
+def test_decisions_list_filters(reader_api):
+    _decision("BTCUSDT", action=2)
+    _decision("ETHUSDT", action=0, shadow_mode=False)
+    assert len(reader_api.get(API + "decisions").json()["results"]) == 2
+    assert [d["symbol"] for d in reader_api.get(API + "decisions", {"shadow_mode": "false"}).json()["results"]] == ["ETHUSDT"]
+    assert reader_api.get(API + "decisions", {"action": "SHORT"}).json()["results"][0]["action"] == "SHORT"
+
+
+def test_models_list_and_promote_unknown_version(operator_api):
+    assert operator_api.get(API + "models").json() == []
+    response = operator_api.post(API + "models/99/promote", {"reason": "x"}, format="json")
+    assert response.status_code == 404 and response.json()["field"] == "version"
+
+
+def test_training_run_not_found_is_json(reader_api):
+    response = reader_api.get(API + "training-runs/12345")
+    assert response.status_code == 404 and "error" in response.json()
+
+
+def test_one_decision_per_stream_entry_is_enforced_by_the_database():
+    _decision(stream_entry_id="1700000000000-0", correlation_id="c-1")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        _decision(stream_entry_id="1700000000000-0")
+    with pytest.raises(IntegrityError), transaction.atomic():
+        _decision(stream_entry_id="1700000000001-0", correlation_id="c-1")
+    # a challenger's shadow decision for the same entry is a different row, allowed once
+    _decision(stream_entry_id="1700000000000-0", role="challenger")
+    # API decisions have no entry id and may repeat freely
+    _decision()
+    _decision()
+    assert Decision.objects.count() == 4
+
+
+def test_one_experience_per_decision():
+    decision = _decision()
+    _experience(decision)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        _experience(decision)
+
+
+def test_migrations_are_complete():
+    call_command("makemigrations", "--check", "--dry-run", verbosity=0)
+
+
+def test_schema_and_docs(admin_api, reader_api, anon_api):
+    schema = admin_api.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert schema.status_code == 200
+    paths = json.loads(schema.content)["paths"]
+    for suffix in ("predict", "train", "status", "experiences", "shadow_mode", "decisions", "models",
+                   "models/{version}/promote", "training-runs/{id}"):
+        assert API + suffix in paths, suffix
+    assert anon_api.get("/api/schema/").status_code == 401
+    admin_api.force_authenticate(None)
