@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from training.rl.features import FEATURE_SPEC_VERSION, observations_to_matrix
 
-from .models import Decision, DecisionSource, ModelRole, ShadowModeChange, ShadowModeState
+from .models import Decision, DecisionSource, Experience, MarketBar, ModelRole, ShadowModeChange, ShadowModeState
 from .serving import ServedPolicy, policy_server
+from .streams.codec import MarketTick, PositionClose
 
 log = logging.getLogger(__name__)
 
@@ -99,3 +103,238 @@ def decisions_predict(*, observations: Sequence[dict], source: str = DecisionSou
         policy=policy, observations=observations, role=ModelRole.CHAMPION, shadow=shadow, source=source
     )
     return Decision.objects.bulk_create(decisions)
+
+
+# --- stream side --------------------------------------------------------------------------------
+# Writes of the Redis Streams consumer (decisions.streams). Each is idempotent per stream entry:
+# database constraints (one decision per entry and role, one experience per decision and per entry)
+# make a redelivered entry find the row it created the first time instead of adding a second.
+
+# Reward of an experience: the realised return on the position, as a fraction, clipped so one
+# outsized close cannot dominate a fine-tuning batch. roi is in percent: +2.5 % -> reward 0.025.
+EXPERIENCE_REWARD_CLIP = 1.0
+
+
+def experience_reward(*, roi_percent: float) -> float:
+    """Reward of a realised close: ``clip(roi_percent / 100, -1, 1)`` (dimensionless)."""
+    return max(-EXPERIENCE_REWARD_CLIP, min(EXPERIENCE_REWARD_CLIP, roi_percent / 100.0))
+
+
+_PUBLISHED_FIELDS = (
+    "id", "decision_id", "symbol", "action", "probabilities", "confidence", "value", "model_version",
+    "role", "shadow_mode", "stream_entry_id", "correlation_id", "trace_id", "created_at",
+)
+
+
+def decisions_from_signals(*, observations: Sequence[dict], contexts: Sequence[SignalContext]) -> list[Decision]:
+    """Decide for a batch of stream signals and store the decisions with one bulk insert.
+
+    ``observations`` are validated observation dicts, ``contexts`` their stream entry ids (required)
+    and correlation/trace ids, in the same order. The champion scores every signal; when a
+    challenger is served it scores them too, and its decisions are stored with role ``challenger``
+    (always shadow: they are never published or acted on).
+
+    Returns the persisted champion decision of each signal, in input order. A redelivered entry
+    (same entry id), or a second signal with a correlation id already decided, gets back the row
+    stored the first time (not a new one), so publishing it again republishes the same decision.
+    """
+    if len(observations) != len(contexts):
+        raise ValueError("observations and contexts must have the same length")
+    if not observations:
+        return []
+    if any(not ctx.stream_entry_id for ctx in contexts):
+        raise ValueError("every stream signal needs its stream_entry_id")
+    shadow = shadow_mode_state().enabled
+    server = policy_server()
+    champion = server.champion()
+    challenger = server.challenger()
+    built = _decisions_build(
+        policy=champion, observations=observations, role=ModelRole.CHAMPION, shadow=shadow,
+        source=DecisionSource.STREAM, contexts=contexts,
+    )
+    rows = list(built)
+    if challenger is not None and challenger.version != champion.version:
+        rows += _decisions_build(
+            policy=challenger, observations=observations, role=ModelRole.CHALLENGER, shadow=True,
+            source=DecisionSource.STREAM, contexts=contexts,
+        )
+    # ON CONFLICT DO NOTHING: the entry's (or correlation's) decision may already exist.
+    Decision.objects.bulk_create(rows, ignore_conflicts=True)
+    return _champion_decisions_persisted(built)
+
+
+def _champion_decisions_persisted(built: list[Decision]) -> list[Decision]:
+    """The stored champion row for each built decision: itself when its insert won, else the older row."""
+    entry_ids = [d.stream_entry_id for d in built]
+    correlation_ids = [d.correlation_id for d in built if d.correlation_id]
+    stored = Decision.objects.filter(role=ModelRole.CHAMPION).filter(
+        Q(stream_entry_id__in=entry_ids) | Q(correlation_id__in=correlation_ids)
+    ).values_list("stream_entry_id", "correlation_id", "decision_id")
+    by_entry, by_correlation = {}, {}
+    for entry_id, correlation_id, decision_id in stored:
+        if entry_id is not None:
+            by_entry[entry_id] = decision_id
+        if correlation_id is not None:
+            by_correlation[correlation_id] = decision_id
+    resolved: list[Decision | uuid.UUID] = []
+    older: set[uuid.UUID] = set()
+    for d in built:
+        decision_id = by_entry.get(d.stream_entry_id) or by_correlation.get(d.correlation_id)
+        if decision_id is None:
+            # Only possible if the row vanished between insert and read; the caller retries the batch.
+            raise DecisionNotStored(f"decision for stream entry {d.stream_entry_id} was not stored")
+        if decision_id == d.decision_id:
+            resolved.append(d)
+        else:
+            resolved.append(decision_id)
+            older.add(decision_id)
+    if older:
+        rows = {r.decision_id: r for r in Decision.objects.filter(decision_id__in=older).only(*_PUBLISHED_FIELDS)}
+        resolved = [rows[x] if isinstance(x, uuid.UUID) else x for x in resolved]
+    return resolved
+
+
+class DecisionNotStored(RuntimeError):
+    """A batch's decision could not be read back after the insert (retry the batch)."""
+
+
+class PairingError(Exception):
+    """A position.closed that cannot be paired with a decision (the message says why)."""
+
+
+def _pairing_candidate(*, close: PositionClose, correlation_id: str | None) -> Decision:
+    """The champion decision a close realises: by decision_id, else correlation id, else the latest
+    unpaired decision of the same symbol. Never one of another symbol."""
+    champions = Decision.objects.filter(role=ModelRole.CHAMPION)
+    for key, value in (("decision_id", close.decision_id), ("correlation_id", correlation_id)):
+        if value is None:
+            continue
+        decision = champions.filter(**{key: value}).first()
+        if decision is None:
+            continue  # unknown here (another system's id): fall back to the next rule
+        if decision.symbol != close.symbol:
+            raise PairingError(f"{key} {value} is a {decision.symbol or 'symbol-less'} decision, not {close.symbol}")
+        if Experience.objects.filter(decision=decision).exists():
+            raise PairingError(f"decision {decision.decision_id} ({key}) is already paired")
+        return decision
+    decision = (
+        champions.filter(symbol=close.symbol, experience__isnull=True)
+        .order_by("-created_at", "-id")
+        # Two consumers pairing closes of one symbol at once must not both take the same decision.
+        .select_for_update(skip_locked=True, of=("self",))
+        .first()
+    )
+    if decision is None:
+        raise PairingError("no decision to pair")
+    return decision
+
+
+def experience_record(
+    *, close: PositionClose, stream_entry_id: str | None, correlation_id: str | None, closed_at=None,
+) -> tuple[Experience, bool]:
+    """Pair a realised close with its decision and store the Experience; returns (row, created).
+
+    The experience carries the decision's observation, action, behaviour probabilities and model
+    version, the realised ``pnl`` (quote currency) and ``roi`` (percent), and
+    ``reward = experience_reward(roi_percent=roi)``. Replaying the same stream entry returns the
+    stored row (created False). Raises PairingError when there is nothing to pair.
+    """
+    for attempt in range(3):
+        try:
+            with transaction.atomic():
+                if stream_entry_id is not None:
+                    existing = Experience.objects.filter(stream_entry_id=stream_entry_id).first()
+                    if existing is not None:
+                        return existing, False
+                decision = _pairing_candidate(close=close, correlation_id=correlation_id)
+                experience = Experience.objects.create(
+                    decision=decision,
+                    symbol=close.symbol,
+                    observation=decision.observation,
+                    action=decision.action,
+                    behaviour_probabilities=decision.probabilities,
+                    model_version=decision.model_version,
+                    reward=experience_reward(roi_percent=close.roi),
+                    pnl=close.pnl,
+                    roi=close.roi,
+                    position_id=close.position_id,
+                    stream_entry_id=stream_entry_id,
+                    correlation_id=correlation_id,
+                    closed_at=closed_at or timezone.now(),
+                )
+                return experience, True
+        except IntegrityError:
+            # A concurrent consumer paired the same decision (or stored this entry) first: look again.
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class BarUpdate:
+    """One bar's aggregate of the ticks in a batch (prices in quote currency)."""
+
+    symbol: str
+    time: datetime
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    ticks: int
+
+
+def market_bars_aggregate(*, ticks: Sequence[tuple[MarketTick, datetime]], interval_seconds: int) -> list[BarUpdate]:
+    """Fold (tick, tick time) pairs into one update per (symbol, bar open time), in tick order.
+
+    A tick's own open/high/low/close, when given, widen its range; ``close`` (else ``price``) is the
+    bar's last price; volume is summed (missing counts as 0).
+    """
+    bars: dict[tuple[str, int], list] = {}
+    for tick, moment in ticks:
+        start = int(moment.timestamp()) // interval_seconds * interval_seconds
+        prices = [p for p in (tick.price, tick.open, tick.high, tick.low, tick.close) if p is not None]
+        last = tick.close if tick.close is not None else tick.price
+        key = (tick.symbol, start)
+        bar = bars.get(key)
+        if bar is None:
+            first = tick.open if tick.open is not None else tick.price
+            bars[key] = [first, max(prices), min(prices), last, tick.volume or 0.0, 1]
+        else:
+            bar[1] = max(bar[1], *prices)
+            bar[2] = min(bar[2], *prices)
+            bar[3] = last
+            bar[4] += tick.volume or 0.0
+            bar[5] += 1
+    return [
+        BarUpdate(symbol=s, time=datetime.fromtimestamp(t, UTC), open=b[0], high=b[1], low=b[2], close=b[3], volume=b[4], ticks=b[5])
+        for (s, t), b in sorted(bars.items())  # sorted: concurrent upserts lock rows in one order
+    ]
+
+
+def market_bars_record(*, ticks: Sequence[tuple[MarketTick, datetime]], interval_seconds: int) -> list[BarUpdate]:
+    """Upsert market bars of ``interval_seconds`` from ticks with one statement.
+
+    An existing bar keeps its open and widens: high = max, low = min, close = the newest tick's,
+    volume and tick count add up. Returns the batch's per-bar aggregates.
+    """
+    updates = market_bars_aggregate(ticks=ticks, interval_seconds=interval_seconds)
+    if not updates:
+        return updates
+    table = connection.ops.quote_name(MarketBar._meta.db_table)
+    greatest, least = ("GREATEST", "LEAST") if connection.vendor == "postgresql" else ("MAX", "MIN")
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    values, params = [], []
+    for u in updates:
+        values.append("(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)")
+        params += [u.symbol, connection.ops.adapt_datetimefield_value(u.time), interval_seconds, u.open, u.high, u.low, u.close, u.volume, u.ticks, now]
+    sql = (
+        f"INSERT INTO {table} (symbol, time, interval_seconds, open, high, low, close, volume, ticks, updated_at) "
+        f"VALUES {', '.join(values)} ON CONFLICT (symbol, time) DO UPDATE SET "
+        f"high = {greatest}({table}.high, excluded.high), low = {least}({table}.low, excluded.low), "
+        f"close = excluded.close, volume = {table}.volume + excluded.volume, "
+        f"ticks = {table}.ticks + excluded.ticks, updated_at = excluded.updated_at"
+    )
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(sql, params)
+    return updates
