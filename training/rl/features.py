@@ -81,7 +81,7 @@ With ``sigma = max(volatility, 1e-6)`` and horizons h = 1, 5, 15, 30, 60, 240 ba
 - 37: ``clip(high_distance / sigma / 5 + 1, -1, 1)``; 38: ``clip(low_distance / sigma / 5 - 1, -1, 1)``
 - 39: ``clip((ln volatility_long + 6) / 2, -3, 3)``; 40: ``clip(6 trend_slope_long / sigma, -3, 3)``
 - 41: ``clip(ema_distance / sigma / 4, -3, 3)``; 42: ``(rsi_fast - 50) / 50``; 43: ``(stochastic_k - 50) / 50``
-- 44: side; 45-47: long, short, flat indicators; 48: ``min(position_size, 2)``; 49: side * dim 48
+- 44: side; 45-47: long, short, flat indicators ``max(side, 0)``, ``max(-side, 0)``, ``1 - |side|``; 48: ``min(position_size, 2)``; 49: side * dim 48
 - 50: ``min(balance / equity, 3) - 1``; 51: ``clip(10 unrealized_pnl, -3, 3)``
 - 52: ``clip(unrealized_pnl / position_size / sigma / 3, -3, 3)`` (the position's move in sigmas)
 - 53: ``t / (t + 24)``, 54: ``min(t, 240) / 240`` for t = time_in_position; 55: ``2 drawdown``
@@ -368,26 +368,24 @@ def _max(a: float, b: float) -> float:
 
 
 SCALAR_OPS = _Ops(_min, _max, _sign)
-ARRAY_OPS = _Ops(np.minimum, np.maximum, np.sign)
+ARRAY_OPS = _Ops(np.fmin, np.fmax, np.sign)  # fmin/fmax: faster, and no NaN ever reaches them
 
 
-def position_block(o: Mapping[str, Any], sigma: Any, cross: Sequence[Any], ops: _Ops = SCALAR_OPS) -> list:
-    """Dims 44-63 from the position fields (floats, or equal-length arrays with ARRAY_OPS).
+def position_block(o: Mapping[str, Any], sigma: Any, ops: _Ops = SCALAR_OPS) -> list:
+    """Dims 44-57 from the position fields (floats, or equal-length arrays with ARRAY_OPS).
 
-    ``sigma`` is max(volatility, SIGMA_FLOOR) and ``cross`` the six market dims of CROSS_DIMS.
-    Only + - * / min max, evaluated in the same order for floats and arrays, so both agree bit for bit.
+    ``sigma`` is max(volatility, SIGMA_FLOOR). Only + - * / min max, evaluated in the same order for
+    floats and arrays, so both agree bit for bit. Dims 58-63 are ``position_side * market[CROSS_DIMS]``.
     """
     mn, mx = ops.min, ops.max
     side, size, upnl = o["position_side"], o["position_size"], o["unrealized_pnl"]
     t, c = o["time_in_position"], o["cooldown_remaining"]
-    a = abs(side)
     z = mn(size, 2.0)
-    c0, c1, c2, c3, c4, c5 = cross
     return [
         side,
-        (side + a) * 0.5,
-        (a - side) * 0.5,
-        1.0 - a,
+        mx(side, 0.0),
+        mx(-side, 0.0),
+        1.0 - abs(side),
         z,
         side * z,
         mn(o["balance"] / mx(o["equity"], EQUITY_FLOOR), 3.0) - 1.0,
@@ -398,12 +396,6 @@ def position_block(o: Mapping[str, Any], sigma: Any, cross: Sequence[Any], ops: 
         o["drawdown"] * 2.0,
         c / (c + 5.0),
         1.0 - mn(c, 1.0),
-        side * c0,
-        side * c1,
-        side * c2,
-        side * c3,
-        side * c4,
-        side * c5,
     ]
 
 
@@ -412,7 +404,10 @@ def observation_to_vector(obs: Mapping[str, Any]) -> np.ndarray:
     dims = market_block(obs)
     vol = obs["volatility"]
     sigma = vol if vol > SIGMA_FLOOR else SIGMA_FLOOR
-    dims += position_block(obs, sigma, _cross(dims))
+    side = obs["position_side"]
+    cross = [side * m for m in _cross(dims)]
+    dims += position_block(obs, sigma)
+    dims += cross
     # One conversion at the end; float64 -> float32 rounds exactly as the environment's astype.
     return np.array(dims, dtype=np.float32)
 
@@ -448,8 +443,8 @@ def position_fields(
     return {
         "position_size": mn(abs(value) / denom, 100.0),
         "position_side": ops.sign(position),
-        "balance": mn(mx(cash, 0.0), 1e15),
-        "equity": mn(mx(equity, 0.0), 1e15),
+        "balance": mx(cash, 0.0),
+        "equity": mx(equity, 0.0),
         "unrealized_pnl": mn(mx(position * (price - entry_price) / denom, -100.0), 100.0),
         "time_in_position": time_in_position,
         "drawdown": mn(mx(1.0 - equity / mx(peak_equity, EQUITY_FLOOR), 0.0), 1.0),
