@@ -4,6 +4,8 @@ loader is training.rl.data."""
 
 from __future__ import annotations
 
+from datetime import timezone
+
 import numpy as np
 
 from training.rl import data as rl_data
@@ -33,7 +35,11 @@ def dataset_load(name: str, *, since=None) -> "rl_data.MarketData":
         bars = bars.filter(time__gte=since)
     rows = list(bars.values_list("time", "open", "high", "low", "close", "volume"))
     if not rows:
-        raise rl_data.DatasetError(f"{name}: no recorded market bars for {symbol}")
-    times = np.array([r[0].replace(tzinfo=None) for r in rows], dtype="datetime64[ns]")
+        window = f" since {since:%Y-%m-%d %H:%M} UTC" if since is not None else ""
+        raise rl_data.DatasetError(name, f"no recorded market bars for {symbol}{window}")
+    # naive UTC datetimes: numpy's datetime64 has no time zone
+    times = np.array([r[0].astimezone(timezone.utc).replace(tzinfo=None) for r in rows], dtype="datetime64[ns]")
     cols = np.array([r[1:] for r in rows], dtype=np.float64)
-    return rl_data.MarketData.from_arrays(symbol, times, cols[:, 0], cols[:, 1], cols[:, 2], cols[:, 3], cols[:, 4])
+    return rl_data.MarketData.from_arrays(
+        symbol, times, cols[:, 0], cols[:, 1], cols[:, 2], cols[:, 3], cols[:, 4], name=name
+    )
