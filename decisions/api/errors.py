@@ -15,7 +15,12 @@ def _first_field_error(detail, prefix: str = "") -> tuple[str | None, str]:
     """Walk DRF's nested error detail to the first (field path, message)."""
     if isinstance(detail, dict):
         for key, value in detail.items():
-            name = prefix if key in ("non_field_errors", "__root__") and prefix else (f"{prefix}.{key}" if prefix else str(key))
+            if isinstance(key, int):  # ListField item errors are keyed by index
+                name = f"{prefix}[{key}]"
+            elif key in ("non_field_errors", "__root__") and prefix:
+                name = prefix
+            else:
+                name = f"{prefix}.{key}" if prefix else str(key)
             if key == "non_field_errors" and not prefix:
                 name = None
             field, message = _first_field_error(value, name or "")
