@@ -158,6 +158,13 @@ def _minibatch_normalise(adv: torch.Tensor, batch_size: int) -> torch.Tensor:
     return out
 
 
+def clipped_surrogate_loss(ratio: torch.Tensor, advantages: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """PPO's clipped surrogate, negated for minimising: mean of
+    ``max(-A * r, -A * clip(r, 1 - eps, 1 + eps))``. Its gradient is zero wherever the clip is
+    the binding term (r moved beyond the range in the direction the advantage favours)."""
+    return torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)).mean()
+
+
 def ppo_update(policy: ActorCritic, optimizer: FlatAdam, buffer: RolloutBuffer, config: PPOConfig,
                clip_range: float, rng: np.random.Generator, device: torch.device) -> dict[str, float]:
     """``n_epochs`` passes of minibatch PPO over a finished buffer; returns loss diagnostics."""
@@ -193,9 +200,8 @@ def ppo_update(policy: ActorCritic, optimizer: FlatAdam, buffer: RolloutBuffer, 
                     stop = True
                     break
 
-            # Clipped surrogate objective (negated: we minimise).
-            adv = advantages[mb]
-            policy_loss = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)).mean()
+            # Clipped surrogate objective.
+            policy_loss = clipped_surrogate_loss(ratio, advantages[mb], clip_range)
 
             # Value loss against the GAE returns, optionally clipped around the old values.
             if config.clip_range_vf is None:

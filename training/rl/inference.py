@@ -1,0 +1,353 @@
+"""Torch-free inference runtime: the trained policy as numpy matrices.
+
+A serving process (web, stream subscriber) imports this module and numpy only — never torch —
+so it starts fast and stays small. It loads the ``<stem>.npz`` written next to every torch
+checkpoint by `training.rl.checkpoint.save_checkpoint`: the network's float32 weights plus a
+JSON metadata string (architecture, feature-spec version, action enum, config, metrics),
+readable with ``allow_pickle=False``.
+
+`PolicyRuntime` is immutable after construction and `predict*` keep no state between calls,
+so one instance may serve many threads at once. Actions are the argmax of the policy by
+default; pass ``sample=True`` with a seeded ``numpy.random.Generator`` to draw them instead.
+``confidence`` is always the policy's probability of the chosen action (the seed took it from
+the value head), and ``value`` is the critic's estimate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from training.rl import features
+from training.rl.actions import ACTION_ENUM_SPEC, ACTION_NAMES, N_ACTIONS, Action
+
+RUNTIME_FORMAT = "rlv3-ppo-runtime"
+RUNTIME_FORMAT_VERSION = 1
+METADATA_KEY = "metadata"
+# Larger batches are evaluated in chunks of this many rows so the activations stay in cache.
+_CHUNK_ROWS = 1024
+_exp = math.exp
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or runtime file is unreadable, tampered with, or built for other code."""
+
+
+def file_sha256(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_verified(path: Path, expected_sha256: str | None, what: str) -> tuple[bytes, str]:
+    """The bytes of ``path`` and their sha256, read once (so what is checked is what is
+    parsed); `CheckpointError` if unreadable or the digest differs from ``expected_sha256``."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {what} {path}: {exc}") from exc
+    digest = file_sha256(data)
+    if expected_sha256 is not None and digest != expected_sha256.lower():
+        raise CheckpointError(f"sha256 mismatch for {path}: expected {expected_sha256}, file has {digest}")
+    return data, digest
+
+
+def check_compatibility(metadata: Mapping[str, Any], *, feature_spec_version: str | None = None,
+                        source: str = "checkpoint", require_trading: bool = False) -> None:
+    """Refuse metadata recorded under a different feature spec or action enum.
+
+    A checkpoint with ``feature_spec_version`` None was trained on a gymnasium environment,
+    not on trading features: its spec and action checks are skipped, unless
+    ``require_trading`` (serving), which refuses it. ``feature_spec_version`` defaults to the
+    code's `features.FEATURE_SPEC_VERSION`.
+    """
+    expected_spec = feature_spec_version or features.FEATURE_SPEC_VERSION
+    recorded_spec = metadata.get("feature_spec_version")
+    if recorded_spec is None:
+        if require_trading:
+            raise CheckpointError(f"{source} is not a trading policy (no feature spec version; trained on a gym env?)")
+        return
+    if recorded_spec != expected_spec:
+        raise CheckpointError(
+            f"{source} feature spec version mismatch: it was trained on {recorded_spec!r}, "
+            f"this code computes {expected_spec!r}"
+        )
+    recorded_enum = metadata.get("action_enum")
+    if recorded_enum != ACTION_ENUM_SPEC:
+        raise CheckpointError(
+            f"{source} action enum mismatch: it was trained with {recorded_enum!r}, this code has {ACTION_ENUM_SPEC!r}"
+        )
+    arch = metadata.get("architecture") or {}
+    if arch.get("obs_dim") != features.FEATURE_DIM or arch.get("n_actions") != N_ACTIONS:
+        raise CheckpointError(
+            f"{source} network shape mismatch: obs_dim={arch.get('obs_dim')} n_actions={arch.get('n_actions')}, "
+            f"expected {features.FEATURE_DIM} and {N_ACTIONS}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """One decision. ``probabilities`` has one float per action code (sums to 1);
+    ``confidence`` = ``probabilities[action_code]``; ``value`` is the critic's estimate."""
+
+    action: Action
+    action_code: int
+    confidence: float
+    probabilities: tuple[float, ...]
+    value: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: action as its name."""
+        return {
+            "action": self.action.name, "action_code": self.action_code, "confidence": self.confidence,
+            "probabilities": list(self.probabilities), "value": self.value,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchPrediction:
+    """Decisions for N observations: actions int64 (N,), probabilities float32 (N, n_actions),
+    values float32 (N,)."""
+
+    actions: np.ndarray
+    probabilities: np.ndarray
+    values: np.ndarray
+
+    @property
+    def confidences(self) -> np.ndarray:
+        """Probability of each chosen action, (N,)."""
+        return np.take_along_axis(self.probabilities, self.actions[:, None], axis=1)[:, 0]
+
+    def __len__(self) -> int:
+        return int(self.actions.shape[0])
+
+
+class PolicyRuntime:
+    """The policy network in numpy. Build with `load`, `from_checkpoint` or `untrained`.
+
+    Attributes: ``version`` (registry version if recorded, else None), ``feature_spec_version``
+    (None for gym policies), ``source_path``, ``sha256`` (of the runtime file), ``metadata``,
+    ``obs_dim``, ``n_actions``.
+    """
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, Any], *,
+                 source_path: str | None = None, sha256: str | None = None) -> None:
+        self.metadata: dict[str, Any] = dict(metadata)
+        self.source_path = source_path
+        self.sha256 = sha256
+        version = self.metadata.get("version")
+        self.version: str | None = None if version is None else str(version)
+        self.feature_spec_version: str | None = self.metadata.get("feature_spec_version")
+        try:
+            self._build(arrays)
+        except (KeyError, ValueError, IndexError) as exc:
+            raise CheckpointError(f"runtime weights are malformed: {exc}") from exc
+
+    def _build(self, arrays: Mapping[str, np.ndarray]) -> None:
+        def f32(name: str) -> np.ndarray:
+            return np.ascontiguousarray(arrays[name], dtype=np.float32)
+
+        n_hidden = sum(1 for k in arrays if k.startswith("hidden_weight_"))
+        if n_hidden < 1:
+            raise ValueError("no hidden layers")
+        stacked = [(f32(f"hidden_weight_{i}"), f32(f"hidden_bias_{i}")) for i in range(n_hidden)]
+        for w, b in stacked:
+            if w.ndim != 3 or w.shape[0] != 2 or b.shape != (2, 1, w.shape[2]):
+                raise ValueError(f"hidden layer shapes {w.shape} / {b.shape}")
+        actor_w, actor_b = f32("actor_weight"), f32("actor_bias")
+        critic_w, critic_b = f32("critic_weight"), f32("critic_bias")
+        self.obs_dim = int(stacked[0][0].shape[1])
+        self.n_actions = int(actor_w.shape[1])
+        # Batched path: each tower as its own chain of contiguous (in, out) matrices, so every
+        # matmul is a plain BLAS call and no multiply is spent on the zero blocks.
+        self._actor_layers = [(w[0], b[0, 0]) for w, b in stacked] + [(actor_w, actor_b)]
+        self._critic_layers = [(w[1], b[1, 0]) for w, b in stacked] + [(critic_w, critic_b)]
+        # Single-vector path: per-call overhead dominates, so as few numpy calls as possible —
+        # layer 0 side by side (obs, 2h), later layers and the head block-diagonal.
+        self._w0 = np.concatenate([stacked[0][0][0], stacked[0][0][1]], axis=1)
+        self._b0 = np.concatenate([stacked[0][1][0, 0], stacked[0][1][1, 0]])
+        self._blocks = [(_block_diagonal(w[0], w[1]), np.concatenate([b[0, 0], b[1, 0]])) for w, b in stacked[1:]]
+        self._head = _block_diagonal(actor_w, critic_w)
+        self._head_b = np.concatenate([actor_b, critic_b])
+        self._arrays = {k: np.array(v, dtype=np.float32) for k, v in arrays.items()}
+        # A trading policy's codes map to Action members; a gym policy's stay plain ints.
+        self._actions: tuple[Any, ...] = tuple(Action) if self.n_actions == N_ACTIONS else tuple(range(self.n_actions))
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, runtime_path: "str | os.PathLike[str]", expected_sha256: str | None = None, *,
+             feature_spec_version: str | None = None, require_trading: bool = True) -> "PolicyRuntime":
+        """Load a ``.npz`` runtime file. Verifies its sha256 when given and refuses a file
+        recorded under another feature spec or action enum (`CheckpointError`). With
+        ``require_trading`` (default, for serving) a gym-env policy is refused too."""
+        path = Path(runtime_path)
+        data, digest = read_verified(path, expected_sha256, "runtime file")
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files if k != METADATA_KEY}
+                metadata = json.loads(str(npz[METADATA_KEY][()]))
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{path} is not a policy runtime file: {exc}") from exc
+        if metadata.get("format") != RUNTIME_FORMAT:
+            raise CheckpointError(f"{path} is not a policy runtime file (format {metadata.get('format')!r})")
+        check_compatibility(metadata, feature_spec_version=feature_spec_version, source=str(path),
+                            require_trading=require_trading)
+        return cls(arrays, metadata, source_path=str(path), sha256=digest)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_path: "str | os.PathLike[str]", expected_sha256: str | None = None, *,
+                        require_trading: bool = False) -> "PolicyRuntime":
+        """Build from a torch ``.pt`` checkpoint (imports torch; for tools, not for serving)."""
+        from training.rl.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(checkpoint_path, expected_sha256)
+        if require_trading:
+            check_compatibility(loaded.metadata, source=str(checkpoint_path), require_trading=True)
+        return cls(loaded.policy.export_arrays(), runtime_metadata(loaded.metadata),
+                   source_path=str(checkpoint_path), sha256=loaded.sha256)
+
+    @classmethod
+    def untrained(cls, seed: int = 0, hidden_sizes: tuple[int, ...] = (64, 64)) -> "PolicyRuntime":
+        """A randomly initialised trading policy (orthogonal weights, SB3 gains) built in numpy:
+        what the service answers with before any model has been trained."""
+        rng = np.random.default_rng(seed)
+        widths = (features.FEATURE_DIM, *hidden_sizes)
+        arrays: dict[str, np.ndarray] = {}
+        for i in range(len(hidden_sizes)):
+            arrays[f"hidden_weight_{i}"] = np.stack([_orthogonal(rng, widths[i], widths[i + 1], math.sqrt(2)) for _ in (0, 1)])
+            arrays[f"hidden_bias_{i}"] = np.zeros((2, 1, widths[i + 1]), dtype=np.float32)
+        arrays["actor_weight"] = _orthogonal(rng, widths[-1], N_ACTIONS, 0.01)
+        arrays["actor_bias"] = np.zeros(N_ACTIONS, dtype=np.float32)
+        arrays["critic_weight"] = _orthogonal(rng, widths[-1], 1, 1.0)
+        arrays["critic_bias"] = np.zeros(1, dtype=np.float32)
+        metadata = runtime_metadata({
+            "architecture": {"obs_dim": features.FEATURE_DIM, "n_actions": N_ACTIONS, "hidden_sizes": list(hidden_sizes)},
+            "feature_spec_version": features.FEATURE_SPEC_VERSION, "action_enum": dict(ACTION_ENUM_SPEC),
+            "untrained": True, "seed": seed,
+        })
+        return cls(arrays, metadata)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Copies of the weights, keyed as in the runtime file."""
+        return {k: v.copy() for k, v in self._arrays.items()}
+
+    # -- prediction ---------------------------------------------------------------------------
+    def predict(self, fields: Mapping[str, Any], *, sample: bool = False,
+                rng: np.random.Generator | None = None) -> Prediction:
+        """Decide for one observation given as fields (CONTRACTS §4). Raises
+        `features.ObservationError` naming the bad field."""
+        clean = features.validate_observation(fields)
+        return self.predict_vector(features.observation_to_vector(clean), sample=sample, rng=rng)
+
+    def predict_vector(self, vector: np.ndarray, *, sample: bool = False,
+                       rng: np.random.Generator | None = None) -> Prediction:
+        """Decide for one feature vector (obs_dim,) (float32 preferred)."""
+        x = np.asarray(vector, dtype=np.float32)
+        if x.shape != (self.obs_dim,):
+            raise ValueError(f"expected a feature vector of shape ({self.obs_dim},), got {x.shape}")
+        h = x @ self._w0
+        h += self._b0
+        np.tanh(h, out=h)
+        for weight, bias in self._blocks:
+            h = h @ weight
+            h += bias
+            np.tanh(h, out=h)
+        out = h @ self._head
+        out += self._head_b
+        values = out.tolist()
+        logits, value = values[: self.n_actions], values[self.n_actions]
+        # Softmax of a handful of numbers in plain float64 Python: cheaper than numpy at this
+        # size, and the probabilities sum to 1 to double precision.
+        top = max(logits)
+        exps = [_exp(v - top) for v in logits]
+        scale = 1.0 / sum(exps)
+        probs = tuple([e * scale for e in exps])
+        if sample:
+            code = int((rng or np.random.default_rng()).choice(self.n_actions, p=np.asarray(probs)))
+        else:
+            code = probs.index(max(probs))
+        return Prediction(action=self._actions[code], action_code=code, confidence=probs[code],
+                          probabilities=probs, value=value)
+
+    def predict_batch(self, vectors: np.ndarray, *, sample: bool = False,
+                      rng: np.random.Generator | None = None) -> BatchPrediction:
+        """Decide for N feature vectors (N, obs_dim): actions (N,), probabilities (N, n_actions),
+        values (N,)."""
+        x = np.asarray(vectors, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.obs_dim:
+            raise ValueError(f"expected feature vectors of shape (N, {self.obs_dim}), got {x.shape}")
+        n = x.shape[0]
+        probs = np.empty((n, self.n_actions), dtype=np.float32)
+        values = np.empty(n, dtype=np.float32)
+        for start in range(0, n, _CHUNK_ROWS):
+            stop = min(n, start + _CHUNK_ROWS)
+            self._forward_into(x[start:stop], probs[start:stop], values[start:stop])
+        if sample:
+            rng = rng or np.random.default_rng()
+            cdf = np.cumsum(probs, axis=1, dtype=np.float64)
+            draws = rng.random((n, 1)) * cdf[:, -1:]
+            actions = np.minimum((cdf <= draws).sum(axis=1), self.n_actions - 1).astype(np.int64)
+        else:
+            actions = probs.argmax(axis=1).astype(np.int64)
+        return BatchPrediction(actions=actions, probabilities=probs, values=values)
+
+    def _forward_into(self, x: np.ndarray, probs_out: np.ndarray, values_out: np.ndarray) -> None:
+        actor = _mlp(x, self._actor_layers)
+        actor -= actor.max(axis=1, keepdims=True)
+        np.exp(actor, out=probs_out)
+        probs_out /= probs_out.sum(axis=1, keepdims=True)
+        values_out[:] = _mlp(x, self._critic_layers)[:, 0]
+
+    def __repr__(self) -> str:
+        return (f"PolicyRuntime(version={self.version!r}, feature_spec_version={self.feature_spec_version!r}, "
+                f"obs_dim={self.obs_dim}, n_actions={self.n_actions}, source_path={self.source_path!r})")
+
+
+def runtime_metadata(checkpoint_metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """The metadata stored in a runtime file, from a checkpoint's (format fields set)."""
+    meta = {k: v for k, v in checkpoint_metadata.items() if k not in ("format", "format_version")}
+    meta["format"] = RUNTIME_FORMAT
+    meta["format_version"] = RUNTIME_FORMAT_VERSION
+    return meta
+
+
+def _mlp(x: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """tanh MLP with a linear last layer; in-place after the first matmul of each layer."""
+    h = x
+    last = len(layers) - 1
+    for i, (weight, bias) in enumerate(layers):
+        h = h @ weight
+        h += bias
+        if i < last:
+            np.tanh(h, out=h)
+    return h
+
+
+def _block_diagonal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.zeros((a.shape[0] + b.shape[0], a.shape[1] + b.shape[1]), dtype=np.float32)
+    out[: a.shape[0], : a.shape[1]] = a
+    out[a.shape[0] :, a.shape[1] :] = b
+    return out
+
+
+def _orthogonal(rng: np.random.Generator, n_in: int, n_out: int, gain: float) -> np.ndarray:
+    """(n_in, n_out) matrix with orthonormal rows or columns, times ``gain`` (as torch's init)."""
+    flat = rng.standard_normal((max(n_in, n_out), min(n_in, n_out)))
+    q, r = np.linalg.qr(flat)
+    q *= np.sign(np.diag(r))
+    if n_in < n_out:
+        q = q.T
+    return (gain * q).astype(np.float32)
+
+
+__all__ = [
+    "ACTION_NAMES", "BatchPrediction", "CheckpointError", "PolicyRuntime", "Prediction",
+    "check_compatibility", "runtime_metadata",
+]
