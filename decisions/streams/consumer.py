@@ -142,12 +142,13 @@ class StreamConsumer:
         recovered = False
         while not self.stopping:
             try:
+                read = 0
                 if not recovered:
                     self._ensure_groups()
-                    self._recover()
+                    read += self._recover() + self._claim_idle()
                     recovered = True
                     self._state = "running"
-                read = self._read_and_process(block_ms=None if once else self.config.block_ms)
+                read += self._read_and_process(block_ms=None if once else self.config.block_ms)
                 if self._due(self._last_claim, self.config.claim_idle_ms / 1000.0):
                     read += self._claim_idle()
                 self._heartbeat_maybe()
@@ -333,7 +334,7 @@ class StreamConsumer:
         counts: dict[str, int] = {}
         ids = [e.entry_id for e in entries]
         rows = self.redis.xpending_range(
-            s.key, s.group, min=ids[0], max=ids[-1], count=len(ids) * 2 + 10, consumername=self.config.consumer,
+            s.key, s.group, min=ids[0], max=ids[-1], count=max(4 * len(ids), 100), consumername=self.config.consumer,
         )
         for row in rows:
             counts[_text(row["message_id"])] = int(row["times_delivered"])
