@@ -1,4 +1,9 @@
+import base64
+
 from django.contrib import admin, messages
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from decisions.admin_utils import HistoryAdmin, pretty_json
 
@@ -79,16 +84,38 @@ class AliasChangeAdmin(HistoryAdmin):
 
 @admin.register(TrainingRun)
 class TrainingRunAdmin(HistoryAdmin):
-    list_display = ("id", "kind", "dataset", "status", "progress_pct", "timesteps_done", "timesteps", "recent_mean_reward", "created_at", "finished_at")
+    list_display = ("id", "kind", "dataset", "seed", "status", "progress_pct", "timesteps_done", "timesteps", "recent_mean_reward", "parent", "created_at", "finished_at")
     list_filter = ("status", "kind", "dataset")
-    search_fields = ("=id", "dataset", "celery_task_id")
+    search_fields = ("=id", "dataset", "celery_task_id", "worker")
     date_hierarchy = "created_at"
-    readonly_fields = ("metrics_pretty", "config_pretty")
+    readonly_fields = ("curve_png", "versions", "log_dir", "metrics_pretty", "config_pretty")
     exclude = ("metrics", "config", "curve")
+    actions = ["cancel_runs"]
 
     @admin.display(description="progress", ordering="progress")
     def progress_pct(self, obj):
         return f"{obj.progress:.0f}%"
+
+    @admin.display(description="training curve")
+    def curve_png(self, obj):
+        # Inlined as a data: URI: no media URL to serve or protect, and only staff see this page.
+        path = services.run_curve_path(obj.pk)
+        if not path.is_file():
+            return "no curve yet (drawn when the run finishes)"
+        encoded = base64.b64encode(path.read_bytes()).decode()
+        return format_html('<img src="data:image/png;base64,{}" alt="training curve of run {}" style="max-width:100%">', encoded, obj.pk)
+
+    @admin.display(description="model versions")
+    def versions(self, obj):
+        links = [
+            format_html('<a href="{}">v{}</a> {}', reverse("admin:training_modelversion_change", args=[v.pk]), v.version, v.gate_decision)
+            for v in obj.model_versions.all()
+        ]
+        return format_html_join(mark_safe("<br>"), "{}", ((link,) for link in links)) if links else "-"
+
+    @admin.display(description="TensorBoard logs")
+    def log_dir(self, obj):
+        return f"tensorboard --logdir {services.run_log_dir(obj.pk)}"
 
     @admin.display(description="metrics")
     def metrics_pretty(self, obj):
@@ -97,3 +124,13 @@ class TrainingRunAdmin(HistoryAdmin):
     @admin.display(description="config")
     def config_pretty(self, obj):
         return pretty_json(obj.config)
+
+    @admin.action(description="Cancel (mark failed; a running run stops at its next update)")
+    def cancel_runs(self, request, queryset):
+        from decisions.api.permissions import is_operator
+
+        if not is_operator(request.user):
+            self.message_user(request, "operator permission required", level=messages.ERROR)
+            return
+        cancelled = [run.pk for run in queryset if services.training_run_cancel(run=run, user=request.user)]
+        self.message_user(request, f"cancelled runs {cancelled}" if cancelled else "no queued or running run selected")

@@ -309,6 +309,18 @@ def training_run_fail(*, run: TrainingRun, error: str) -> bool:
     return bool(changed)
 
 
+def training_run_cancel(*, run: TrainingRun, user=None) -> bool:
+    """Fail a queued or running run (and a fan-out's children) on an operator's request. A running
+    run notices at its next heartbeat and stops without registering anything."""
+    error = f"cancelled by {getattr(user, 'username', None) or 'an operator'}"
+    cancelled = training_run_fail(run=run, error=error)
+    for child in TrainingRun.objects.filter(parent=run, status__in=ACTIVE_RUN_STATUSES):
+        training_run_fail(run=child, error=error)
+    if cancelled:
+        log.info("training run %s %s", run.pk, error)
+    return cancelled
+
+
 def training_run_submit(
     *, dataset: str, timesteps: int, seed: int = 0, seeds: list[int] | None = None, user=None,
     kind: str = RunKind.TRAIN, config: dict | None = None,
@@ -709,8 +721,11 @@ def _train(*, run: TrainingRun, monitor: RunMonitor, staging: Path, progress_fil
     envs = _RewardMeter(TradingVecEnv(datasets, num_envs=config.n_envs, split="train", config=env_config))
     log_dir = run_log_dir(run.pk)
 
+    rewards: list[float | None] = []
+
     def report(metrics: dict) -> bool:
-        return monitor.record(timesteps_done=metrics["timesteps"], recent_mean_reward=envs.take_mean())
+        rewards.append(envs.take_mean())
+        return monitor.record(timesteps_done=metrics["timesteps"], recent_mean_reward=rewards[-1])
 
     callbacks = [FunctionCallback(report), TensorBoardCallback(str(log_dir))]
     if progress_file is not None:
@@ -737,11 +752,131 @@ def _train(*, run: TrainingRun, monitor: RunMonitor, staging: Path, progress_fil
         "timesteps": result.timesteps, "wall_seconds": result.wall_seconds, "env_steps_per_s": result.sps,
         "updates": len(result.curve), "device": str(device), "notes": notes,
     }
-    _curve_plot(run=run, curve=result.curve)
+    curve = [{**point, "reward_mean": reward} for point, reward in zip(result.curve, rewards)]
+    _curve_plot(run=run, curve=curve)
     return Trained(
-        artifact=artifact, config=record, metrics=metrics, curve=result.curve, tags=_run_tags(run),
+        artifact=artifact, config=record, metrics=metrics, curve=curve, tags=_run_tags(run),
         dataset_fingerprint=_fingerprint(datasets),
     )
+
+
+def _evaluate_candidate(*, artifact: Any, data: Any, seed: int) -> dict:
+    """Backtest the staged runtime file (the very file serving will load) on the validation split
+    (the gate's) and the test split (reported, never used to choose), and the current champion on
+    the same splits so the gate compares like with like."""
+    from training.rl.evaluate import evaluate_with_baselines
+    from training.rl.inference import PolicyRuntime
+
+    runtime = PolicyRuntime.load(artifact.runtime_path, expected_sha256=artifact.runtime_sha256)
+    metrics = {split: evaluate_with_baselines(_greedy(runtime), data, split, seed) for split in ("validation", "test")}
+    champion = alias_version(AliasName.CHAMPION)
+    if champion is not None:
+        try:
+            served = PolicyRuntime.load(champion.runtime_path, expected_sha256=champion.runtime_sha256)
+        except Exception as exc:  # a champion that cannot be loaded is judged on its recorded metrics
+            log.warning("champion v%s could not be re-evaluated: %s", champion.version, exc)
+        else:
+            for split in ("validation", "test"):
+                result = evaluate_with_baselines(_greedy(served), data, split, seed)
+                result.pop("baselines", None)
+                metrics[f"champion_{split}"] = {**result, "version": champion.version}
+    return metrics
+
+
+def _greedy(runtime: Any):
+    """The deterministic policy serving uses: feature vector (64,) -> action code."""
+    return lambda vector: runtime.predict_vector(vector).action_code
+
+
+def _curve_plot(*, run: TrainingRun, curve: list) -> None:
+    """runs/<id>/curve.png; a plotting problem is logged, never fails the run."""
+    from training.plots import plot_training_curve
+
+    try:
+        plot_training_curve(curve, run_curve_path(run.pk), title=f"training run {run.pk} ({run.kind}, {run.dataset}, seed {run.seed})")
+    except Exception as exc:
+        log.warning("could not plot the curve of run %s: %s", run.pk, exc)
+
+
+MIN_EXPERIENCES = 32
+
+
+def _experience_batch(*, limit: int) -> tuple[Any, dict]:
+    """The newest `limit` experiences as an OffPolicyBatch, through the one feature function.
+    Rows whose stored observation no longer validates are skipped and counted."""
+    import numpy as np
+
+    from decisions.models import Experience
+    from training.rl.features import ObservationError, observations_to_matrix, validate_observation
+    from training.rl.offpolicy import OffPolicyBatch
+
+    rows = Experience.objects.order_by("-closed_at", "-id").values_list(
+        "observation", "action", "behaviour_probabilities", "reward", "model_version"
+    )[:limit]
+    observations, actions, probs, rewards, versions, skipped = [], [], [], [], set(), 0
+    for observation, action, behaviour, reward, version in rows:
+        try:
+            clean = validate_observation(observation)
+        except ObservationError:
+            skipped += 1
+            continue
+        observations.append(clean)
+        actions.append(action)
+        probs.append(behaviour)
+        rewards.append(reward)
+        versions.add(version)
+    if len(actions) < MIN_EXPERIENCES:
+        raise ValueError(f"only {len(actions)} usable experiences; fine-tuning needs at least {MIN_EXPERIENCES}")
+    batch = OffPolicyBatch(observations_to_matrix(observations), np.array(actions), np.array(probs, dtype=np.float64),
+                           np.array(rewards, dtype=np.float64))
+    return batch, {"experiences": len(actions), "skipped": skipped, "behaviour_versions": sorted(versions)}
+
+
+def _finetune(*, run: TrainingRun, monitor: RunMonitor, staging: Path) -> Trained:
+    """Fine-tune the champion's checkpoint on logged experiences, then evaluate like a new model."""
+    from training.datasets import dataset_load
+    from training.rl.callbacks import TensorBoardCallback
+    from training.rl.checkpoint import load_checkpoint, save_checkpoint
+    from training.rl.features import FEATURE_SPEC_VERSION
+    from training.rl.offpolicy import OffPolicyConfig, finetune
+
+    champion = alias_version(AliasName.CHAMPION)
+    if champion is None:
+        raise ValueError("there is no champion to fine-tune")
+    base = load_checkpoint(champion.artifact_path, champion.sha256)
+    data = dataset_load(run.dataset)
+    batch, about = _experience_batch(limit=int(run.config.get("limit", 50_000)))
+    config = OffPolicyConfig(**{"epochs": int(run.config.get("epochs", 4)), **run.config.get("offpolicy", {})})
+    total = len(batch) * config.epochs
+    TrainingRun.objects.filter(pk=run.pk).update(timesteps=total)
+    monitor.timesteps = total
+    board = TensorBoardCallback(str(run_log_dir(run.pk)))
+    board.on_training_start(total_timesteps=total, config=config)
+    curve: list[dict] = []
+
+    def on_epoch(stats: dict) -> bool:
+        point = {**stats, "timesteps": stats["epoch"] * len(batch)}
+        curve.append(point)
+        board.on_update(point)
+        return monitor.record(timesteps_done=point["timesteps"])
+
+    started = time.perf_counter()
+    try:
+        result = finetune(base.policy, batch, config, seed=run.seed, on_epoch=on_epoch)
+    finally:
+        board.on_training_end(None)
+    if monitor.lost:
+        raise RunLost("the run was marked finished while it was training")
+    record = {**base.config, "finetune": config.to_dict(), "base_version": champion.version, "seed": run.seed}
+    artifact = save_checkpoint(staging / "policy.pt", result.policy, config=record, metrics={},
+                               feature_spec_version=FEATURE_SPEC_VERSION)
+    metrics = _evaluate_candidate(artifact=artifact, data=data, seed=run.seed)
+    metrics["training"] = {**about, "timesteps": total, "epochs": len(result.history),
+                           "wall_seconds": time.perf_counter() - started, "stopped_early": result.stopped_early}
+    _curve_plot(run=run, curve=curve)
+    tags = {**_run_tags(run), "finetuned_from": champion.version, "experiences": len(batch)}
+    return Trained(artifact=artifact, config=record, metrics=metrics, curve=curve, tags=tags,
+                   dataset_fingerprint=data.fingerprint())
 
 
 class _RewardMeter:
