@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.decisions.stream_helpers import wait_for  # noqa: F401 - re-exported for the pipeline tests
+
 BASE_DIR = Path(__file__).resolve().parents[2]
 
 
@@ -161,14 +163,3 @@ def second_worker(celery_worker, celery_env):
     yield worker
     worker.stop()
 
-
-def wait_for(predicate, *, timeout: float, interval: float = 0.2, message: str = "condition"):
-    """Poll `predicate` until it returns something truthy; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {message}")
-        time.sleep(interval)
