@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import views, views_ab
 
 app_name = "rlv3"
 
@@ -14,4 +14,5 @@ urlpatterns = [
     path("models", views.ModelListView.as_view(), name="models"),
     path("models/<int:version>/promote", views.PromoteView.as_view(), name="model-promote"),
     path("training-runs/<int:pk>", views.TrainingRunDetailView.as_view(), name="training-run-detail"),
+    path("ab-report", views_ab.ABReportView.as_view(), name="ab-report"),
 ]
