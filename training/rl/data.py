@@ -227,7 +227,8 @@ def read_csv(path: str | os.PathLike[str], *, symbol: str, name: str | None = No
         raise
     except pd.errors.ParserError as exc:
         line = re.search(r"line (\d+)", str(exc))
-        raise DatasetError(source, f"not a well-formed CSV ({exc})".strip(), int(line.group(1)) if line else None) from None
+        detail = " ".join(str(exc).split())
+        raise DatasetError(source, f"not a well-formed CSV ({detail})", int(line.group(1)) if line else None) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(source, f"cannot read the file ({exc})") from None
 
@@ -302,9 +303,13 @@ def _epoch_times(source: str, values: np.ndarray, first_line: int) -> np.ndarray
     bad = np.flatnonzero(~np.isfinite(values) | (values < 1e8))
     if len(bad):
         i = int(bad[0])
-        raise DatasetError(source, f"cannot parse time {values[i]!r}: not an epoch timestamp", i + first_line)
+        raise DatasetError(source, f"cannot parse time {values[i]:g}: not an epoch timestamp", i + first_line)
     scale = next(s for limit, s in ((1e11, 1e9), (1e14, 1e6), (1e17, 1e3), (np.inf, 1.0)) if np.median(values) < limit)
     return (values * scale).astype(np.int64).astype("datetime64[ns]")
+
+
+def _fmt_time(t: np.datetime64) -> str:
+    return str(np.datetime_as_string(t, unit="s")).replace("T", " ")
 
 
 def _validated(
@@ -343,11 +348,11 @@ def _validated(
         bad = np.flatnonzero(step == 0)
         if len(bad):
             i = bad[0] + 1
-            raise fail(f"duplicate time {times[i]} (same as the previous {unit})", i)
+            raise fail(f"duplicate time {_fmt_time(times[i])} (same as the previous {unit})", i)
         bad = np.flatnonzero(step < 0)
         if len(bad):
             i = bad[0] + 1
-            raise fail(f"times are not in ascending order: {times[i]} follows {times[i - 1]}", i)
+            raise fail(f"times are not in ascending order: {_fmt_time(times[i])} follows {_fmt_time(times[i - 1])}", i)
     if len(times) < MIN_BARS:
         raise DatasetError(
             source,
