@@ -8,7 +8,7 @@ which is what truncation bootstrapping reads.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
@@ -69,7 +69,7 @@ def evaluate_gym(policy: Any, env_id: str, episodes: int = 10, seed: int = 0, **
     ``seed + i``, so the figure is reproducible. ``policy`` is an `ActorCritic` or anything
     with ``predict_batch(obs (N, obs_dim)) -> object with .actions``.
     """
-    act = _greedy_actor(policy)
+    act = greedy_actions(policy)
     env = gym.make(env_id, **make_kwargs)
     returns = []
     try:
@@ -77,7 +77,7 @@ def evaluate_gym(policy: Any, env_id: str, episodes: int = 10, seed: int = 0, **
             obs, _ = env.reset(seed=seed + episode)
             total, done = 0.0, False
             while not done:
-                obs, reward, terminated, truncated, _ = env.step(act(np.asarray(obs, dtype=np.float32)))
+                obs, reward, terminated, truncated, _ = env.step(int(act(np.asarray(obs, dtype=np.float32)[None, :])[0]))
                 total += float(reward)
                 done = terminated or truncated
             returns.append(total)
@@ -86,16 +86,39 @@ def evaluate_gym(policy: Any, env_id: str, episodes: int = 10, seed: int = 0, **
     return float(np.mean(returns))
 
 
-def _greedy_actor(policy: Any):
+def evaluate_vec_env(act: Callable[[np.ndarray], np.ndarray], envs: Any, episodes: int, seed: int = 0) -> float:
+    """Mean undiscounted return of the first ``ceil(episodes / N)`` episodes of each of the N
+    sub-envs of a same-step-autoreset vector env, acting with ``act(obs (N, d)) -> actions (N,)``.
+
+    Counting a fixed number of episodes per sub-env (rather than the first ``episodes`` to
+    finish) keeps short episodes from being over-represented.
+    """
+    n = int(envs.num_envs)
+    quota = max(1, -(-episodes // n))
+    returns: list[list[float]] = [[] for _ in range(n)]
+    running = np.zeros(n, dtype=np.float64)
+    obs, _ = envs.reset(seed=seed)
+    while any(len(r) < quota for r in returns):
+        obs, rewards, terminated, truncated, _ = envs.step(np.asarray(act(np.asarray(obs, dtype=np.float32))))
+        running += rewards
+        for i in np.flatnonzero(np.logical_or(terminated, truncated)):
+            if len(returns[i]) < quota:
+                returns[i].append(float(running[i]))
+            running[i] = 0.0
+    return float(np.mean([r for env_returns in returns for r in env_returns]))
+
+
+def greedy_actions(policy: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """``obs (N, d) -> argmax actions (N,)`` for an `ActorCritic` or a runtime with predict_batch."""
     if hasattr(policy, "predict_batch"):
-        return lambda obs: int(policy.predict_batch(obs[None, :]).actions[0])
+        return lambda obs: policy.predict_batch(obs).actions
     import torch
 
     device = next(policy.parameters()).device
 
-    def act(obs: np.ndarray) -> int:
+    def act(obs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            logits, _ = policy(torch.as_tensor(obs[None, :], device=device))
-        return int(torch.argmax(logits, dim=-1).item())
+            logits, _ = policy(torch.as_tensor(obs, device=device))
+        return torch.argmax(logits, dim=-1).cpu().numpy()
 
     return act
