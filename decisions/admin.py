@@ -2,15 +2,16 @@ from django.contrib import admin
 
 from training.rl.actions import ACTION_NAMES
 
-from .admin_utils import HistoryAdmin, pretty_json
+from .admin_utils import HistoryAdmin, ModelVersionFilter, pretty_json
 from .models import Decision, Experience, MarketBar, ShadowModeChange, ShadowModeState
 
 
 @admin.register(Decision)
 class DecisionAdmin(HistoryAdmin):
     list_display = ("created_at", "symbol", "action_name", "confidence_pct", "value", "model_version", "role", "shadow_mode", "source")
-    list_filter = ("action", "shadow_mode", "source", "role", "model_version")
-    search_fields = ("=symbol", "=decision_id", "=correlation_id", "=stream_entry_id")
+    list_filter = ("action", "shadow_mode", "source", "role", ModelVersionFilter)
+    exact_search_fields = ("symbol", "correlation_id", "stream_entry_id")
+    uuid_search_fields = ("decision_id",)
     date_hierarchy = "created_at"
     readonly_fields = ("observation_pretty", "probabilities_pretty")
     exclude = ("observation", "features", "probabilities")
@@ -35,8 +36,8 @@ class DecisionAdmin(HistoryAdmin):
 @admin.register(Experience)
 class ExperienceAdmin(HistoryAdmin):
     list_display = ("closed_at", "symbol", "action_name", "pnl", "roi", "reward", "model_version", "position_id")
-    list_filter = ("action", "model_version")
-    search_fields = ("=symbol", "=position_id", "=correlation_id")
+    list_filter = ("action", ModelVersionFilter)
+    exact_search_fields = ("symbol", "position_id", "correlation_id")
     date_hierarchy = "closed_at"
     readonly_fields = ("observation_pretty", "behaviour_pretty")
     exclude = ("observation", "behaviour_probabilities")
@@ -60,7 +61,7 @@ class ExperienceAdmin(HistoryAdmin):
 class MarketBarAdmin(HistoryAdmin):
     list_display = ("symbol", "time", "open", "high", "low", "close", "volume", "ticks", "interval_seconds")
     list_filter = ("interval_seconds",)
-    search_fields = ("=symbol",)
+    exact_search_fields = ("symbol",)
     date_hierarchy = "time"
 
 

@@ -98,6 +98,8 @@ class Experience(models.Model):
             models.Index(fields=["-closed_at"], name="experience_time"),
             models.Index(fields=["model_version", "-closed_at"], name="experience_model_time"),
             models.Index(fields=["action", "-closed_at"], name="experience_action_time"),
+            models.Index(fields=["position_id"], name="experience_position"),
+            models.Index(fields=["correlation_id"], name="experience_correlation"),
         ]
 
     def __str__(self) -> str:
