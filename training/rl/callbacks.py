@@ -48,7 +48,10 @@ class ProgressBarCallback(TrainingCallback):
     def on_training_start(self, *, total_timesteps: int, config: Any) -> None:
         from tqdm import tqdm  # imported here so a serving process never pays for it
 
-        self._bar = tqdm(total=total_timesteps, desc=self.desc, unit="step", file=self.file,
+        # Training runs whole rollouts, so it may overshoot the request by less than one.
+        buffer = getattr(config, "buffer_size", 1)
+        total = -(-total_timesteps // buffer) * buffer
+        self._bar = tqdm(total=total, desc=self.desc, unit="step", file=self.file,
                          disable=self.disable, dynamic_ncols=True)
 
     def on_update(self, metrics: Mapping[str, Any]) -> bool | None:
