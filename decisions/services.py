@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from training.rl.features import FEATURE_SPEC_VERSION, observations_to_matrix
 
+from . import metrics
 from .models import Decision, DecisionSource, Experience, MarketBar, ModelRole, ShadowModeChange, ShadowModeState
 from .serving import ServedPolicy, policy_server
 from .streams.codec import MarketTick, PositionClose
@@ -96,6 +97,7 @@ def _decisions_build(
     return built
 
 
+@metrics.counts_decisions
 def decisions_predict(*, observations: Sequence[dict], source: str = DecisionSource.API) -> list[Decision]:
     """Score validated observations with the champion and store one Decision each (bulk insert)."""
     policy = policy_server().champion()
@@ -127,6 +129,8 @@ _PUBLISHED_FIELDS = (
 )
 
 
+@metrics.counts_decisions
+@metrics.predict_timed("stream")
 def decisions_from_signals(*, observations: Sequence[dict], contexts: Sequence[SignalContext]) -> list[Decision]:
     """Decide for a batch of stream signals and store the decisions with one bulk insert.
 

@@ -63,6 +63,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every later line of a request carries its id; Prometheus times the whole stack.
+    "rlv3site.middleware.RequestIdMiddleware",
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -71,6 +74,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "rlv3site.urls"
@@ -207,11 +211,14 @@ RLV3_MAX_DELIVERIES = env_int("RLV3_MAX_DELIVERIES", 5)
 RLV3_DECISION_STREAM_MAXLEN = env_int("RLV3_DECISION_STREAM_MAXLEN", 100_000)
 RLV3_BAR_SECONDS = env_int("RLV3_BAR_SECONDS", 60)
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
-}
+# --- logging and metrics (rlv3site/logging.py, decisions/metrics.py) ---------------------------------
+# structlog renders every line: JSON with DEBUG off, readable console lines in development.
+from rlv3site.logging import configure as _configure_logging, log_format as _log_format  # noqa: E402
+
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
+LOGGING = _configure_logging(fmt=_log_format(debug=DEBUG, override=os.environ.get("RLV3_LOG_FORMAT")), level=LOG_LEVEL)
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # workers log through LOGGING above, with task and run ids
+# Optional bearer token that Prometheus must send to read /metrics (unset: open, keep it internal).
+RLV3_METRICS_TOKEN = os.environ.get("RLV3_METRICS_TOKEN", "")
+# A subscriber whose newest heartbeat is older than this is reported dead (health, status, metrics).
+RLV3_SUBSCRIBER_MAX_AGE_SECONDS = env_float("RLV3_SUBSCRIBER_MAX_AGE_SECONDS", 30.0)

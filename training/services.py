@@ -40,6 +40,8 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Avg, Max, Q
 from django.utils import timezone
 
+from rlv3site.logging import bind_training_run
+
 from .models import (
     ACTIVE_RUN_STATUSES,
     AliasChange,
@@ -628,6 +630,7 @@ def training_run_execute(*, run_id: int, worker: str = "", progress_file: Any = 
     run = training_run_claim(run_id=run_id, worker=worker)
     if run is None:
         return _claim_refused(run_id=run_id, worker=worker)
+    bind_training_run(run.pk)  # every log line of this run carries run_id
     staging = versions_dir() / f".tmp-run{run.pk}-{uuid.uuid4().hex[:8]}"
     published: Path | None = None
     log.info("training run %s (%s, %s, %s steps) started on %s", run.pk, run.kind, run.dataset, run.timesteps, worker)

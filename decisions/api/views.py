@@ -14,7 +14,7 @@ from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from decisions import selectors, services
+from decisions import metrics, selectors, services
 from decisions.api import serializers as s
 from decisions.api.errors import error_response
 from decisions.api.filters import DecisionFilter, ExperienceFilter
@@ -56,6 +56,7 @@ class PredictView(APIView):
         responses={200: s.PredictionSerializer, 400: BAD_REQUEST, **AUTH_ERRORS},
         examples=[],
     )
+    @metrics.predict_timed("api")
     def post(self, request):
         data = request.data
         if not isinstance(data, dict):

@@ -34,7 +34,9 @@ import redis
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
+from decisions import metrics
 from decisions.selectors import SUBSCRIBER_HEARTBEATS_KEY
+from rlv3site.logging import bind_stream_batch, bind_stream_entry
 
 from . import codec
 from .handlers import BatchHandlers, Entry, Outcome
@@ -311,6 +313,7 @@ class StreamConsumer:
 
     def _process(self, s: _Stream, raw_entries: list, *, from_pending: bool) -> int:
         """Handle one stream's batch and apply its outcome to Redis; returns the entries handled."""
+        bind_stream_batch(stream=s.key, consumer=self.config.consumer)
         entries = [Entry(entry_id=_text(entry_id), fields=fields) for entry_id, fields in raw_entries]
         outcome = Outcome()
         if from_pending:
@@ -370,6 +373,8 @@ class StreamConsumer:
         dead_stream = codec.stream_key(codec.DEAD_LETTER, self.config.stream_prefix)
         for letter, fields in outcome.dead:
             pipe.xadd(dead_stream, fields, maxlen=self.config.decision_maxlen, approximate=True)
+            metrics.dead_letter_count(pipe, letter)
+            bind_stream_entry(entry_id=letter.entry_id, fields=letter.original)
             log.warning("dead letter %s %s: %s", letter.stream, letter.entry_id, letter.error)
         if outcome.ack:
             pipe.xack(s.key, s.group, *outcome.ack)

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 
 from decisions import services
 from decisions.models import MarketBar, ModelRole
+from rlv3site.logging import bind_stream_entry
 
 from . import codec
 from .history import HISTORY_BARS, MarketHistory, complete_observation
@@ -108,6 +109,7 @@ class BatchHandlers:
         stream = codec.stream_key(event_type, self.stream_prefix)
         out = []
         for entry, envelope in valid:
+            bind_stream_entry(entry_id=entry.entry_id, envelope=envelope)
             try:
                 out.append((entry, envelope, decode_payload(entry, envelope)))
             except codec.WireError as exc:
