@@ -33,6 +33,7 @@ SEED_DEFAULTS = {
 
 def test_seed_fields_keep_the_seed_defaults():
     clean = F.validate_observation({})
+    assert F.SEED_FIELDS == tuple(SEED_DEFAULTS)
     assert {k: clean[k] for k in SEED_DEFAULTS} == SEED_DEFAULTS
     assert clean == F.OBSERVATION_DEFAULTS
     assert F.REGIMES == ("TREND", "RANGE", "BREAKOUT", "MEAN_REVERSION")

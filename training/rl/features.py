@@ -166,6 +166,11 @@ _NUMERIC: dict[str, tuple[float, float, float]] = {
 }
 OBSERVATION_DEFAULTS: dict[str, float | str] = {name: spec[0] for name, spec in _NUMERIC.items()}
 OBSERVATION_DEFAULTS["regime"] = "TREND"
+# The seed's fields (CONTRACTS section 4); the others are this service's additions.
+SEED_FIELDS = (
+    "price_change_1m", "price_change_5m", "price_change_15m", "volatility", "rsi", "macd", "position_size",
+    "position_side", "balance", "equity", "regime", "trend_strength", "volume_ratio", "spread", "time_of_day",
+)
 POSITION_FIELDS = (
     "position_size",
     "position_side",
@@ -179,6 +184,8 @@ POSITION_FIELDS = (
 MARKET_FIELDS = tuple(k for k in OBSERVATION_DEFAULTS if k not in POSITION_FIELDS)
 
 _BOUNDS = {name: (lo, hi) for name, (_, lo, hi) in _NUMERIC.items()}
+# Public: the API schema documents these ranges (exclusive low for HORIZONS, inclusive otherwise).
+OBSERVATION_BOUNDS: dict[str, tuple[float, float]] = _BOUNDS
 _SIDES = (-1.0, 0.0, 1.0)
 _REGIME_ONE_HOT = {r: tuple(1.0 if r == q else 0.0 for q in REGIMES) for r in REGIMES}
 _REGIME_ALIASES = {r.replace("_", ""): r for r in REGIMES}
