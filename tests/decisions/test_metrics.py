@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from decisions import metrics
 from decisions.streams import codec
+from tests.decisions.ops_fixtures import private_heartbeats  # noqa: F401 (fixture)
 from tests.decisions.stream_helpers import consumer, drain, publish, register_model, signal_payload
 from training.models import RunKind, RunStatus, TrainingRun
 
@@ -38,7 +39,7 @@ def delta(after: dict, before: dict, name: str, **labels) -> float:
     return (value(after, name, **labels) or 0.0) - (value(before, name, **labels) or 0.0)
 
 
-def test_each_series_is_exposed_after_traffic(reader_api, redis_client, stream_prefix):
+def test_each_series_is_exposed_after_traffic(reader_api, redis_client, stream_prefix, private_heartbeats):
     register_model(seed=1, alias="champion")
     register_model(seed=2, alias="challenger")
     before = scrape()
