@@ -11,8 +11,9 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from tests.decisions.ops_fixtures import TcpProxy, private_heartbeats  # noqa: F401 (fixture)
+from tests.decisions.ops_fixtures import private_heartbeats  # noqa: F401 (fixture)
 from tests.decisions.stream_helpers import consumer, register_model
+from tests.decisions.test_streams_resilience import TcpProxy
 
 pytestmark = pytest.mark.django_db
 
@@ -97,14 +98,14 @@ def test_unhealthy_when_postgresql_is_unreachable(private_heartbeats):
     connection.settings_dict.update(HOST="127.0.0.1", PORT=str(proxy.port))
     try:
         assert get()[0] == 200  # through the proxy, everything answers
-        proxy.stop()  # PostgreSQL "goes away"
+        proxy.cut()  # PostgreSQL "goes away": connections dropped, new ones refused
         status, body = get()
         assert status == 503
         assert body["status"] == "unavailable" and body["failed"] == ["database", "model"]
         assert body["checks"]["database"]["detail"].endswith("database unreachable")
         assert body["checks"]["redis"]["ok"] and body["checks"]["subscriber"]["ok"]
     finally:
-        proxy.stop()
+        proxy.close()
         connection.close()
         connection.settings_dict.update(HOST=original["HOST"], PORT=original["PORT"])
     assert get()[0] == 200  # back once the database answers again
