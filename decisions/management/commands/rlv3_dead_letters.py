@@ -127,13 +127,6 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _positive(value: str) -> int:
-    number = int(value)
-    if number <= 0:
-        raise ValueError(value)
-    return number
-
-
 class Command(BaseCommand):
     help = "List, replay or purge dead letters (the subscriber's rejected stream entries)."
 
@@ -142,12 +135,14 @@ class Command(BaseCommand):
         parser.add_argument("--reason", help="Case-insensitive substring of the error, or a reason label (invalid:payload, pairing, max_deliveries, processing_failed).")
         parser.add_argument("--stream", help="Original stream: an event type (signal.generated) or a full stream key.")
         parser.add_argument("--since", help="Only dead letters added since: ISO-8601 time, or a duration ago (30m, 2h, 7d).")
-        parser.add_argument("--limit", type=_positive, help="At most this many (list: default 50; replay/purge: all that match).")
+        parser.add_argument("--limit", type=int, help="At most this many (list: default 50; replay/purge: all that match).")
         parser.add_argument("--dry-run", action="store_true", help="Show what replay or purge would do; change nothing.")
         parser.add_argument("--all", dest="purge_all", action="store_true", help="purge: allow purging without any filter.")
         parser.add_argument("--json", dest="as_json", action="store_true", help="Print one JSON object as the last line.")
 
     def handle(self, *args, action, reason, stream, since, limit, dry_run, purge_all, as_json, **options):
+        if limit is not None and limit <= 0:
+            raise CommandError("--limit must be a positive number")
         if action == "purge" and not (reason or stream or since or limit or purge_all):
             raise CommandError("purge needs a filter (--reason, --stream, --since, --limit) or --all")
         prefix = settings.RLV3_STREAM_PREFIX
