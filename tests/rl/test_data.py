@@ -65,6 +65,7 @@ def test_splits_are_chronological_70_10_20_with_warmup_history(name):
     assert parts["validation"].times[-1] < parts["test"].times[parts["test"].first_bar]
     assert parts["test"].times[-1] == full.times[-1]  # the held-out last 20 %
     assert full.split("all") is full
+    assert full.split("test") is full.split("test")  # shared, with its precomputed features
 
 
 def test_fingerprint_is_stable_and_content_sensitive(googl):

@@ -155,9 +155,16 @@ class MarketData:
             raise ValueError(f"unknown split {name!r}; expected one of {', '.join(SPLITS)}")
         if self.split_name != "all":
             raise ValueError(f"{self.name} is already the {self.split_name!r} split")
-        n = len(self)
         if name == "all":
             return self
+        # One object per split, so environments built on the same data share its precomputed features.
+        cache = self.__dict__.setdefault("_splits", {})
+        if name not in cache:
+            cache[name] = self._make_split(name)
+        return cache[name]
+
+    def _make_split(self, name: str) -> MarketData:
+        n = len(self)
         b1, b2 = (int(n * f) for f in SPLIT_FRACTIONS)
         start, end = {"train": (0, b1), "validation": (b1, b2), "test": (b2, n)}[name]
         lo = max(start - WARMUP_BARS, 0)

@@ -194,9 +194,9 @@ class AccountBook:
         self.time_in_position, self.cooldown = z(), z()
         self.equity, self.peak, self.drawdown, self.episode_return = z(), z(), z(), z()
         self.bar = np.zeros(n, dtype=np.int64)
-        self.last_bar = np.zeros(n, dtype=np.int64)
+        self.start_bar = np.zeros(n, dtype=np.int64)
+        self.end_bar = np.zeros(n, dtype=np.int64)  # truncation: episode length reached or last bar
         self.asset = np.zeros(n, dtype=np.int64)
-        self.steps = np.zeros(n, dtype=np.int64)
         cfg = config
         s, f, frac = cfg.slippage, cfg.fee_rate, cfg.position_fraction * _SIZE_MARGIN
         # numpy scalars: an array op with a Python float operand costs ~40 % more at this size.
@@ -208,14 +208,14 @@ class AccountBook:
         self._long_units = f64(frac / ((1.0 + s) * (1.0 + f)))
         self._short_units = f64(frac / ((1.0 - s) * (1.0 + f)))
         self._keep, self._neg_keep = f64(1.0 - cfg.min_trade_fraction), f64(cfg.min_trade_fraction - 1.0)
-        self._fee_rate, self._cooldown_bars = f64(f), f64(cfg.cooldown_bars)
+        self._fee_rate = f64(f)
         self._ruin = f64(cfg.ruin_fraction * cfg.initial_balance)
         self._zero, self._one, self._half = f64(0.0), f64(1.0), f64(0.5)
         self._is_long = _action_table({Action.LONG: True}, False, bool)
         self._is_short = _action_table({Action.SHORT: True}, False, bool)
         self._is_reduce = _action_table({Action.REDUCE: True}, False, bool)
         self._closes = _action_table({Action.CLOSE: True, Action.EMERGENCY_FLATTEN: True}, False, bool)
-        self._is_flatten = _action_table({Action.EMERGENCY_FLATTEN: True}, False, bool)
+        self._cooldown_set = _action_table({Action.EMERGENCY_FLATTEN: float(cfg.cooldown_bars)}, 0.0, np.float64)
         self._slip = _action_table({Action.EMERGENCY_FLATTEN: s + cfg.emergency_slippage}, s, np.float64)
 
     def reset_account(self, i: int, asset: int, start: int) -> None:
@@ -225,9 +225,9 @@ class AccountBook:
                     self.time_in_position, self.cooldown, self.drawdown, self.episode_return):
             arr[i] = 0.0
         self.cash[i] = self.equity[i] = self.peak[i] = balance
-        self.asset[i], self.bar[i], self.steps[i] = asset, start, 0
+        self.asset[i], self.bar[i], self.start_bar[i] = asset, start, start
+        self.end_bar[i] = min(start + self.config.episode_length, self.universe.last[asset])
         self.price[i] = self.universe.close[start]
-        self.last_bar[i] = self.universe.last[asset]
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Execute one action per account at the bar's close, advance one bar: (reward, terminated, truncated)."""
@@ -273,12 +273,11 @@ class AccountBook:
         self.slippage_paid += traded * price * slip
         self.trades += delta != zero
         self.time_in_position *= same_side
-        self.cooldown = np.fmax(self.cooldown - one, zero)
-        np.copyto(self.cooldown, self._cooldown_bars, where=self._is_flatten.take(actions))
+        # Count down; EMERGENCY_FLATTEN (re)starts the cool-down (cooldown_bars > anything counted down).
+        self.cooldown = np.fmax(self.cooldown - one, self._cooldown_set.take(actions))
 
         # Advance one bar and mark to market.
         self.bar += 1
-        self.steps += 1
         self.price = self.universe.close.take(self.bar)
         equity_before, drawdown_before = self.equity, self.drawdown
         self.equity = self.cash + target * self.price
@@ -296,8 +295,13 @@ class AccountBook:
         )
         self.episode_return += r
         terminated = self.equity < self._ruin
-        truncated = ((self.steps >= cfg.episode_length) | (self.bar >= self.last_bar)) & ~terminated
+        truncated = (self.bar >= self.end_bar) & ~terminated
         return r, terminated, truncated
+
+    @property
+    def steps(self) -> np.ndarray:
+        """Steps taken in the current episodes, (n,)."""
+        return self.bar - self.start_bar
 
     def account_state(self, rows: np.ndarray | slice | int = slice(None)) -> dict[str, Any]:
         """The account state of ``rows``: the keyword arguments of features.position_fields."""

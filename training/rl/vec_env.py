@@ -82,7 +82,7 @@ class TradingVecEnv(VectorEnv):
             for i in ended:
                 final_obs[i] = obs[i].copy()
             final_info = infos
-            final_info["episode"] = {"r": self.book.episode_return.copy(), "l": self.book.steps.copy(), "_r": done, "_l": done}
+            final_info["episode"] = {"r": self.book.episode_return.copy(), "l": self.book.steps, "_r": done, "_l": done}
             final_info["_episode"] = done
             for i in ended:
                 self._reset_one(int(i), None)
