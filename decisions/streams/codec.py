@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from training.rl.actions import ACTION_NAMES, N_ACTIONS, Action
 from training.rl.features import ObservationError, validate_observation
 
@@ -114,15 +116,14 @@ def encode_entry(envelope: Envelope) -> dict[str, str]:
     }
 
 
-def _reject_constant(name: str) -> float:
-    raise WireError("payload", f"must not contain {name}")
+_FIELD_KEYS = {name: name.encode() for name in ENTRY_FIELDS}
 
 
 def _text(fields: Mapping, name: str) -> str | None:
     """A field as str (redis returns bytes unless decoding is on); None when absent."""
-    value = fields.get(name)
+    value = fields.get(_FIELD_KEYS.get(name) or name.encode())
     if value is None:
-        value = fields.get(name.encode())
+        value = fields.get(name)
     if value is None or isinstance(value, str):
         return value
     try:
@@ -135,22 +136,27 @@ def decode_entry(fields: Mapping[Any, Any]) -> Envelope:
     """Decode an entry's fields (bytes or str keys and values) into an Envelope, or raise WireError.
 
     ``event_type`` and ``payload`` are required; ``trace_id``, ``correlation_id``, ``timestamp`` and
-    ``source`` may be missing or empty. The payload must be a JSON object of at most 64 KiB.
+    ``source`` may be missing or empty. The payload must be a JSON object of at most 64 KiB, in
+    strict JSON: ``NaN``, ``Infinity`` and numbers too large for a double are refused.
     """
     event_type = _text(fields, "event_type")
     if not event_type:
         raise WireError("event_type", "is missing")
-    text = _text(fields, "payload")
-    if text is None:
+    raw = fields.get(b"payload")
+    if raw is None:
+        raw = fields.get("payload")
+    if raw is None:
         raise WireError("payload", "is missing")
-    if len(text) > MAX_PAYLOAD_BYTES:
+    if len(raw) > MAX_PAYLOAD_BYTES:
         raise WireError("payload", f"is larger than {MAX_PAYLOAD_BYTES} bytes")
     try:
-        payload = json.loads(text, parse_constant=_reject_constant)
-    except WireError:
-        raise
-    except (ValueError, RecursionError) as exc:
-        raise WireError("payload", f"is not valid JSON ({str(exc)[:80]})") from None
+        # orjson: strict (no NaN/Infinity, UTF-8 checked) and an order of magnitude faster than json.
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        message = str(exc)
+        if "UTF-8" in message:
+            raise WireError("payload", "is not valid UTF-8") from None
+        raise WireError("payload", f"is not valid JSON ({message[:80]})") from None
     if not isinstance(payload, dict):
         raise WireError("payload", f"must be a JSON object, got {_json_kind(payload)}")
     ids = {}
@@ -240,13 +246,12 @@ def decode_signal(payload: Mapping[str, Any]) -> dict[str, Any]:
 
     A symbol is required on the stream (decisions are paired by symbol); other fields are optional.
     """
-    symbol = _symbol(payload)
+    if payload.get("symbol") is None:
+        raise WireError("symbol", "is missing")
     try:
-        observation = validate_observation(payload)
+        return validate_observation(payload)  # checks the symbol too
     except ObservationError as exc:
         raise WireError(exc.field, exc.reason) from None
-    observation["symbol"] = symbol
-    return observation
 
 
 @dataclass(frozen=True)
@@ -401,11 +406,20 @@ def decode_decision(payload: Mapping[str, Any]) -> DecisionEvent:
 
 
 def decision_entry(event: DecisionEvent, *, trace_id: str | None, correlation_id: str | None, timestamp: datetime | None = None) -> dict[str, str]:
-    """The stream entry of an rl_v3.decision event; trace and correlation ids copied from the signal."""
-    return encode_entry(Envelope(
-        event_type=DECISION, payload=decision_payload(event), trace_id=trace_id, correlation_id=correlation_id,
-        timestamp=timestamp, source=DECISION_SOURCE,
-    ))
+    """The stream entry of an rl_v3.decision event; trace and correlation ids copied from the signal.
+
+    The same fields as :func:`encode_entry` writes, built directly: this runs once per signal.
+    """
+    if not all(math.isfinite(x) for x in (event.confidence, event.value, *event.probabilities)):
+        raise ValueError(f"decision {event.decision_id} has a non-finite number")  # orjson would write null
+    return {
+        "event_type": DECISION,
+        "payload": orjson.dumps(decision_payload(event)).decode(),
+        "trace_id": trace_id or "",
+        "correlation_id": correlation_id or "",
+        "timestamp": format_timestamp(timestamp or utc_now()),
+        "source": DECISION_SOURCE,
+    }
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 
 import redis
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections, connection
+from django.db import InterfaceError, OperationalError, close_old_connections, connection, reset_queries
 
 from decisions import metrics
 from decisions.selectors import SUBSCRIBER_HEARTBEATS_KEY
@@ -330,6 +330,9 @@ class StreamConsumer:
             outcome.merge(self._handle(s, entries))
         self._apply(s, outcome)
         self.stats.batches += 1
+        # As after a web request: with DEBUG on, Django keeps every statement (here a batch's JSON
+        # document of about 1 MB) in connection.queries, which would grow without bound.
+        reset_queries()
         return len(raw_entries)
 
     def _with_deliveries(self, s: _Stream, entries: list[Entry]) -> list[Entry]:

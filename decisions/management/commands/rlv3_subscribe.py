@@ -6,9 +6,16 @@ Runs until SIGTERM/SIGINT, which finish the current batch (persist, publish, ack
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
+import os
 
-from decisions.streams.consumer import ConsumerConfig, StreamConsumer
+# A decision batch is a few hundred rows: BLAS worker threads would only spin against the database
+# for the machine's cores (and add memory). Set before numpy is first imported, just below.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+from django.core.management.base import BaseCommand, CommandError  # noqa: E402
+
+from decisions.streams.consumer import ConsumerConfig, StreamConsumer  # noqa: E402
 
 
 def _positive(value: str) -> int:
