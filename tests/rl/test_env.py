@@ -248,8 +248,9 @@ def test_check_env_passes_without_warnings(googl):
     assert [str(w.message) for w in caught] == []
     assert env.action_space.n == N_ACTIONS == 6
     assert env.observation_space.shape == (64,) and env.observation_space.dtype == np.float32
-    with pytest.raises(ValueError, match="invalid action"):
-        env.step(6)
+    for bad in (6, -1, 1.5, True, "LONG"):
+        with pytest.raises(ValueError, match="invalid action"):
+            env.step(bad)
 
 
 def test_info_carries_the_accounting(googl):

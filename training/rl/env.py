@@ -199,9 +199,9 @@ class AccountBook:
         self.asset = np.zeros(n, dtype=np.int64)
         cfg = config
         s, f, frac = cfg.slippage, cfg.fee_rate, cfg.position_fraction * _SIZE_MARGIN
-        # numpy scalars: an array op with a Python float operand costs ~40 % more at this size.
-        f64 = np.float64
-        # Closing a short before going long costs (1 + s)(1 + f) per unit of value; a long before short (1 - s)(1 - f).
+        f64 = np.float64  # constants derived from the config once, not per step
+        # Closing a short before going long costs (1 + s)(1 + f) - 1 per unit of value beyond the
+        # close; closing a long before going short 1 - (1 - s)(1 - f).
         self._short_close_cost = f64((1.0 + s) * (1.0 + f) - 1.0)
         self._long_close_cost = f64(1.0 - (1.0 - s) * (1.0 - f))
         # Units per unit of equity and price for a full long / short, fees included.
@@ -264,7 +264,8 @@ class AccountBook:
         closed = np.fmin(traded, held) * (pos * delta < zero)  # units of the old position closed
         opened = traded - closed
         self.realised += closed * side * (fill - entry)
-        # Average entry price when adding; the fill for a new position; kept when reducing.
+        # Average entry price when adding; the fill for a new position; kept when reducing
+        # (meaningless when flat: the unrealised PnL of no position is 0 whatever it is).
         added = (held * entry + opened * fill) / (held + opened + 1e-300)
         self.entry = np.where(same_side, np.where(opened > zero, added, entry), fill)
         self.cash = cash - delta * fill - fee
@@ -386,8 +387,8 @@ class TradingEnv(gym.Env):
         return self._observation(), self._info()
 
     def step(self, action: int):
-        if not self.action_space.contains(action):
-            raise ValueError(f"invalid action {action!r}; expected 0-{N_ACTIONS - 1}")
+        if isinstance(action, bool) or not isinstance(action, (int, np.integer)) or not 0 <= action < N_ACTIONS:
+            raise ValueError(f"invalid action {action!r}; expected an integer 0-{N_ACTIONS - 1}")
         self._action[0] = action
         r, terminated, truncated = self.book.step(self._action)
         return self._observation(), float(r[0]), bool(terminated[0]), bool(truncated[0]), self._info()
