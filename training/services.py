@@ -641,8 +641,6 @@ def training_run_execute(*, run_id: int, worker: str = "", progress_file: Any = 
                 trained = _finetune(run=run, monitor=monitor, staging=staging)
             else:
                 trained = _train(run=run, monitor=monitor, staging=staging, progress_file=progress_file)
-            if monitor.lost:
-                raise RunLost("the run was marked finished while it was training")
         published = versions_dir() / f"run{run.pk}"
         version = _publish(run=run, trained=trained, staging=staging, published=published)
     except BaseException as exc:  # noqa: BLE001 - includes SoftTimeLimitExceeded; re-raised below if fatal
@@ -750,7 +748,7 @@ def _train(*, run: TrainingRun, monitor: RunMonitor, staging: Path, progress_fil
     artifact = save_checkpoint(
         staging / "policy.pt", result.policy, config=record, metrics={}, feature_spec_version=FEATURE_SPEC_VERSION,
     )
-    metrics = _evaluate_candidate(artifact=artifact, data=primary, seed=run.seed)
+    metrics = _evaluate_candidate(artifact=artifact, data=primary, seed=run.seed, env_config=env_config)
     metrics["training"] = {
         "timesteps": result.timesteps, "wall_seconds": result.wall_seconds, "env_steps_per_s": result.sps,
         "updates": len(result.curve), "device": str(device), "notes": notes,
@@ -763,15 +761,18 @@ def _train(*, run: TrainingRun, monitor: RunMonitor, staging: Path, progress_fil
     )
 
 
-def _evaluate_candidate(*, artifact: Any, data: Any, seed: int) -> dict:
+def _evaluate_candidate(*, artifact: Any, data: Any, seed: int, env_config: Any = None) -> dict:
     """Backtest the staged runtime file (the very file serving will load) on the validation split
-    (the gate's) and the test split (reported, never used to choose), and the current champion on
-    the same splits so the gate compares like with like."""
-    from training.rl.evaluate import evaluate_with_baselines
+    (the gate's) and the test split (reported, never used to choose), next to buy-and-hold and
+    random, and the current champion on the same splits so the gate compares like with like."""
+    from training.rl.evaluate import backtest, report, run_with_baselines
     from training.rl.inference import PolicyRuntime
 
     runtime = PolicyRuntime.load(artifact.runtime_path, expected_sha256=artifact.runtime_sha256)
-    metrics = {split: evaluate_with_baselines(_greedy(runtime), data, split, seed) for split in ("validation", "test")}
+    metrics = {}
+    for split in ("validation", "test"):
+        results = run_with_baselines(_greedy(runtime), data, split, seed, env_config)
+        metrics[split] = {**report(results), "action_counts": results["policy"].action_counts}
     champion = alias_version(AliasName.CHAMPION)
     if champion is not None:
         try:
@@ -780,9 +781,10 @@ def _evaluate_candidate(*, artifact: Any, data: Any, seed: int) -> dict:
             log.warning("champion v%s could not be re-evaluated: %s", champion.version, exc)
         else:
             for split in ("validation", "test"):
-                result = evaluate_with_baselines(_greedy(served), data, split, seed)
-                result.pop("baselines", None)
-                metrics[f"champion_{split}"] = {**result, "version": champion.version}
+                result = backtest(_greedy(served), data, split, env_config, seed)
+                metrics[f"champion_{split}"] = {
+                    **result.metrics(), "split": split, "version": champion.version, "action_counts": result.action_counts,
+                }
     return metrics
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import worker_init, worker_ready
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,18 @@ def sweep_training_runs() -> list[int]:
     from training.services import training_run_sweep
 
     return training_run_sweep()
+
+
+@worker_init.connect
+def import_training_engine(**_kwargs) -> None:
+    """Import torch and the PPO engine once in the worker's main process, before the pool forks.
+
+    Children then start with it loaded: a run's first seconds are not spent importing (inside its
+    time limit), and a time limit can never interrupt an import half way. Importing torch does not
+    initialise CUDA; the device is chosen inside each run (`training.rl.device.resolve_device`).
+    """
+    import training.rl.offpolicy  # noqa: F401
+    import training.rl.ppo  # noqa: F401
 
 
 @worker_ready.connect

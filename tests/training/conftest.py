@@ -117,6 +117,7 @@ def celery_env(django_db_setup, django_db_blocker, tmp_path_factory):
         "RLV3_MODEL_DIR": str(model_dir),
         "RLV3_DEVICE": "cpu",
         "RLV3_HEARTBEAT_SECONDS": "0.5",
+        "RLV3_DEFAULT_TIMESTEPS": "2048",  # the nightly run's size
         "DB_CONN_MAX_AGE": "0",  # no connection left open between tasks (the test DB is flushed)
         "PYTHONUNBUFFERED": "1",
     }
@@ -129,6 +130,11 @@ def celery_env(django_db_setup, django_db_blocker, tmp_path_factory):
 
     client = redis.Redis.from_url(settings.REDIS_URL)
     client.delete(queue, f"{queue}\x06\x163", f"{queue}\x06\x166", f"{queue}\x06\x169")
+    # Messages of killed workers stay unacked (kombu would restore them to this queue hours later).
+    for tag, raw in client.hgetall("unacked").items():
+        if queue.encode() in raw:
+            client.hdel("unacked", tag)
+            client.zrem("unacked_index", tag)
     client.close()
 
 
