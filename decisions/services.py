@@ -134,26 +134,29 @@ _PUBLISHED_FIELDS = (
 )
 
 
-@metrics.counts_decisions
+@dataclass(frozen=True)
+class PreparedDecisions:
+    """A signal batch scored but not stored yet: ``champions`` in input order, ``rows`` to insert
+    (the champion's, then the challenger's)."""
+
+    champions: list[Decision]
+    rows: list[Decision]
+
+
 @metrics.predict_timed("stream")
-def decisions_from_signals(*, observations: Sequence[dict], contexts: Sequence[SignalContext]) -> list[Decision]:
-    """Decide for a batch of stream signals and store the decisions with one bulk insert.
+def decisions_prepare(*, observations: Sequence[dict], contexts: Sequence[SignalContext]) -> PreparedDecisions:
+    """Score a batch of stream signals with the champion (and the challenger, when one is served).
 
     ``observations`` are validated observation dicts, ``contexts`` their stream entry ids (required)
-    and correlation/trace ids, in the same order. The champion scores every signal; when a
-    challenger is served it scores them too, and its decisions are stored with role ``challenger``
-    (always shadow: they are never published or acted on).
-
-    Returns the persisted champion decision of each signal, in input order. A redelivered entry
-    (same entry id), or a second signal with a correlation id already decided, gets back the row
-    stored the first time (not a new one), so publishing it again republishes the same decision.
+    and correlation/trace ids, in the same order. Reads the shadow-mode switch; writes nothing.
+    The challenger's decisions get role ``challenger`` and are always shadow (never published).
     """
     if len(observations) != len(contexts):
         raise ValueError("observations and contexts must have the same length")
-    if not observations:
-        return []
     if any(not ctx.stream_entry_id for ctx in contexts):
         raise ValueError("every stream signal needs its stream_entry_id")
+    if not observations:
+        return PreparedDecisions(champions=[], rows=[])
     shadow = shadow_mode_state().enabled
     server = policy_server()
     champion = server.champion()
@@ -168,8 +171,27 @@ def decisions_from_signals(*, observations: Sequence[dict], contexts: Sequence[S
             policy=challenger, observations=observations, role=ModelRole.CHALLENGER, shadow=True,
             source=DecisionSource.STREAM, contexts=contexts,
         )
-    inserted = _decisions_insert(rows)
-    return _champion_decisions_persisted(built, inserted)
+    return PreparedDecisions(champions=built, rows=rows)
+
+
+@metrics.counts_decisions
+def decisions_store(*, prepared: PreparedDecisions) -> list[Decision]:
+    """Store a prepared batch with one insert; returns the persisted champion decision per signal.
+
+    A redelivered entry (same entry id), or a second signal with a correlation id already decided,
+    gets back the row stored the first time (not a new one), so publishing it again republishes the
+    same decision.
+    """
+    if not prepared.rows:
+        return []
+    inserted = _decisions_insert(prepared.rows)
+    return _champion_decisions_persisted(prepared.champions, inserted)
+
+
+def decisions_from_signals(*, observations: Sequence[dict], contexts: Sequence[SignalContext]) -> list[Decision]:
+    """Decide for a batch of stream signals and store the decisions (decisions_prepare, then
+    decisions_store); the persisted champion decision of each signal, in input order."""
+    return decisions_store(prepared=decisions_prepare(observations=observations, contexts=contexts))
 
 
 def _json_value(value):

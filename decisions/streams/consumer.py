@@ -40,6 +40,7 @@ from rlv3site.logging import bind_stream_batch, bind_stream_entry
 
 from . import codec
 from .handlers import BatchHandlers, Entry, Outcome
+from .pipeline import CommitPipeline
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ class ConsumerConfig:
     heartbeat_seconds: float = 5.0
     backoff_initial_seconds: float = 0.2
     backoff_max_seconds: float = 10.0
+    # Commit signal batches on a second thread while the next one is prepared (see pipeline.py).
+    # In-process tests turn it off: a second thread would not share their test transaction.
+    pipeline: bool = True
 
     @classmethod
     def from_settings(cls, **overrides) -> ConsumerConfig:
@@ -124,6 +128,7 @@ class StreamConsumer:
         self._last_error = ""
         self._last_heartbeat = float("-inf")
         self._last_claim = float("-inf")
+        self._commits: CommitPipeline | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
     def stop(self, *_args) -> None:
@@ -142,6 +147,8 @@ class StreamConsumer:
         """Consume until stopped; with ``once``, drain what is there (pending included) and return."""
         backoff = self.config.backoff_initial_seconds
         recovered = False
+        if self.config.pipeline:
+            self._commits = CommitPipeline(depth=1, transient=TRANSIENT_ERRORS)
         while not self.stopping:
             try:
                 read = 0
@@ -156,18 +163,33 @@ class StreamConsumer:
                 self._heartbeat_maybe()
                 backoff = self.config.backoff_initial_seconds
                 if once and not read:
+                    self._drain_commits()
                     break
             except TRANSIENT_ERRORS as exc:
                 self.stats.retries += 1
                 self._state, self._last_error = "backing off", f"{exc.__class__.__name__}: {exc}"[:300]
                 log.warning("transient failure, nothing acknowledged; retrying in %.1fs: %s", backoff, self._last_error)
+                if self._commits is not None:
+                    self._commits.drain()  # their entries stay pending unless their commit succeeded
                 self._reset_connections()
                 self._sleep(backoff)
                 backoff = min(backoff * 2, self.config.backoff_max_seconds)
                 self._wait_until_healthy(backoff)
                 recovered = False
+        self._close_commits()
         self._heartbeat_maybe(force=True, final=True)
         return self.stats
+
+    def _close_commits(self) -> None:
+        """Finish the batch in flight (stored, published, acked) before returning."""
+        if self._commits is None:
+            return
+        try:
+            self._settle(self._commits.close())
+        except TRANSIENT_ERRORS as exc:  # its entries stay pending: the next start re-reads them
+            log.warning("stopping with a batch not committed (%s); it stays pending", exc)
+        finally:
+            self._commits = None
 
     # --- connections ----------------------------------------------------------------------------
     @property
@@ -312,9 +334,17 @@ class StreamConsumer:
         return total
 
     def _process(self, s: _Stream, raw_entries: list, *, from_pending: bool) -> int:
-        """Handle one stream's batch and apply its outcome to Redis; returns the entries handled."""
+        """Handle one stream's batch and apply its outcome to Redis; returns the entries handled.
+
+        New signal batches are prepared here and committed on the pipeline thread; everything else
+        first waits for the pipeline to be empty, so closes are paired only with stored decisions.
+        """
         bind_stream_batch(stream=s.key, consumer=self.config.consumer)
         entries = [Entry(entry_id=_text(entry_id), fields=fields) for entry_id, fields in raw_entries]
+        if self._commits is not None and not from_pending and s.event_type == codec.SIGNAL_GENERATED:
+            if self._submit_signals(s, entries):
+                return len(raw_entries)
+        self._drain_commits()
         outcome = Outcome()
         if from_pending:
             entries = self._with_deliveries(s, entries)
@@ -334,6 +364,41 @@ class StreamConsumer:
         # document of about 1 MB) in connection.queries, which would grow without bound.
         reset_queries()
         return len(raw_entries)
+
+    def _submit_signals(self, s: _Stream, entries: list[Entry]) -> bool:
+        """Prepare a signal batch and queue its commit; False if preparing failed (the caller
+        then processes the batch synchronously, isolating the entry at fault)."""
+        try:
+            prepared = self.handlers.signals_prepare(entries)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:
+            log.warning("preparing a batch of %d from %s failed (%s)", len(entries), s.key, exc)
+            return False
+
+        def commit() -> None:
+            try:
+                self._apply(s, self.handlers.signals_commit(prepared))
+                self.stats.batches += 1
+            finally:
+                reset_queries()
+
+        self._settle(self._commits.submit(commit, tag=(s, entries)))
+        return True
+
+    def _drain_commits(self) -> None:
+        if self._commits is not None and self._commits.busy:
+            self._settle(self._commits.drain())
+
+    def _settle(self, failures: list) -> None:
+        """Deal with failed commits: a transient failure is raised (its entries stay pending and are
+        re-read after the back-off); any other is redone here, isolating the entry at fault."""
+        for _, error in failures:
+            if isinstance(error, TRANSIENT_ERRORS):
+                raise error
+        for (s, entries), error in failures:
+            log.warning("committing a batch of %d from %s failed (%s); redoing it here", len(entries), s.key, error)
+            self._apply(s, self._handle(s, entries))
 
     def _with_deliveries(self, s: _Stream, entries: list[Entry]) -> list[Entry]:
         """The entries with their delivery counts (XPENDING), which this read has just incremented."""

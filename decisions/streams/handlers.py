@@ -62,6 +62,15 @@ class Outcome:
         self.dead += other.dead
 
 
+@dataclass
+class PreparedSignals:
+    """A scored signal batch waiting to be stored: ``outcome`` already holds its dead letters."""
+
+    outcome: Outcome
+    entry_ids: list[str]
+    decisions: services.PreparedDecisions
+
+
 def entry_time(entry_id: str) -> float:
     """Epoch seconds of a stream entry id (``<ms>-<seq>``): when Redis added it."""
     return int(entry_id.split("-", 1)[0]) / 1000.0
@@ -160,24 +169,31 @@ class BatchHandlers:
             log.warning("history value for %s of %s rejected (%s); using the signal alone", exc.field, symbol, exc.reason)
             return codec.decode_signal(payload)
 
-    def signals(self, entries: Sequence[Entry]) -> Outcome:
-        """Decide for valid signals (one policy batch, one bulk insert) and prepare their events."""
+    def signals_prepare(self, entries: Sequence[Entry]) -> PreparedSignals:
+        """Decode, complete and score a signal batch (one policy batch); nothing is stored yet."""
         outcome = Outcome()
         envelopes = self._envelopes(entries, codec.SIGNAL_GENERATED, outcome)
         self._warm_history([env.payload["symbol"] for _, env in envelopes if isinstance(env.payload.get("symbol"), str)])
         now = time.time()
         valid = self._payloads(envelopes, codec.SIGNAL_GENERATED, outcome, lambda entry, env: self._observation(env, now))
-        if not valid:
-            return outcome
         contexts = [
             services.SignalContext(stream_entry_id=entry.entry_id, correlation_id=env.correlation_id, trace_id=env.trace_id)
             for entry, env, _ in valid
         ]
-        decisions = services.decisions_from_signals(observations=[obs for _, _, obs in valid], contexts=contexts)
-        for (entry, _, _), decision in zip(valid, decisions):
+        decisions = services.decisions_prepare(observations=[obs for _, _, obs in valid], contexts=contexts)
+        return PreparedSignals(outcome=outcome, entry_ids=[entry.entry_id for entry, _, _ in valid], decisions=decisions)
+
+    def signals_commit(self, prepared: PreparedSignals) -> Outcome:
+        """Store a prepared batch (one insert) and add its decision events and acks to its outcome."""
+        outcome = prepared.outcome
+        for entry_id, decision in zip(prepared.entry_ids, services.decisions_store(prepared=prepared.decisions), strict=True):
             outcome.decisions.append(decision_event_entry(decision))
-            outcome.ack.append(entry.entry_id)
+            outcome.ack.append(entry_id)
         return outcome
+
+    def signals(self, entries: Sequence[Entry]) -> Outcome:
+        """Decide for valid signals (one policy batch, one insert) and prepare their events."""
+        return self.signals_commit(self.signals_prepare(entries))
 
     # --- position.closed ------------------------------------------------------------------------------
     def closes(self, entries: Sequence[Entry]) -> Outcome:

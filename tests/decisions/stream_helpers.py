@@ -34,6 +34,7 @@ def signal_payload(symbol: str = "BTCUSDT", **fields) -> dict:
 
 
 def consumer(name: str = "c1", **overrides) -> StreamConsumer:
+    overrides.setdefault("pipeline", False)  # a second thread would not share the test transaction
     return StreamConsumer(ConsumerConfig.from_settings(consumer=name, heartbeat_seconds=3600, **overrides))
 
 

@@ -182,14 +182,14 @@ def test_an_entry_delivered_more_than_max_deliveries_is_dead_lettered(redis_clie
 
 
 def test_an_entry_that_breaks_processing_is_isolated_and_dead_lettered(redis_client, stream_prefix, monkeypatch):
-    real = services.decisions_from_signals
+    real = services.decisions_prepare
 
     def failing_on_boom(*, observations, contexts):
         if any(o["symbol"] == "BOOM" for o in observations):
             raise ValueError("cannot decide for BOOM")
         return real(observations=observations, contexts=contexts)
 
-    monkeypatch.setattr(services, "decisions_from_signals", failing_on_boom)
+    monkeypatch.setattr(services, "decisions_prepare", failing_on_boom)
     ok = [publish(redis_client, SIGNAL, signal_payload("BTCUSDT")), None, publish(redis_client, SIGNAL, signal_payload("ETHUSDT"))]
     ok[1] = publish(redis_client, SIGNAL, signal_payload("BOOM"))
 
@@ -240,3 +240,26 @@ def test_heartbeat_reports_lag_and_pending_for_the_status_endpoint(redis_client,
         assert redis_client.hget(SUBSCRIBER_HEARTBEATS_KEY, "beat-1") is None
     finally:
         redis_client.hdel(SUBSCRIBER_HEARTBEATS_KEY, "beat-1")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_commit_failing_on_the_pipeline_thread_is_redone_isolating_the_entry(redis_client, stream_prefix, monkeypatch):
+    real = services.decisions_store
+
+    def failing_on_boom(*, prepared):
+        if any(d.symbol == "BOOM" for d in prepared.champions):
+            raise ValueError("cannot store BOOM")
+        return real(prepared=prepared)
+
+    monkeypatch.setattr(services, "decisions_store", failing_on_boom)
+    first = publish(redis_client, SIGNAL, signal_payload("BTCUSDT"))
+    boom = publish(redis_client, SIGNAL, signal_payload("BOOM"))
+    last = publish(redis_client, SIGNAL, signal_payload("ETHUSDT"))
+
+    stats = drain(pipeline=True)
+
+    assert sorted(Decision.objects.values_list("stream_entry_id", flat=True)) == sorted([first, last])
+    (letter,) = dead_letters(redis_client)
+    assert letter.entry_id == boom and letter.error == "processing failed: ValueError: cannot store BOOM"
+    assert sorted(e.signal_event_id for _, e in published_decisions(redis_client)) == sorted([first, last])
+    assert stats.processed == 2 and pending_count(redis_client, SIGNAL) == 0
