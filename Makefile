@@ -27,5 +27,9 @@ test: $(STAMP)
 bench: $(VENV)/.installed-dev
 	$(PY) bench/run_all.py
 
+# A long fuzzing campaign of every API operation (the suite runs a short one).
+fuzz: $(STAMP)
+	RLV3_FUZZ_EXAMPLES=$${RLV3_FUZZ_EXAMPLES:-500} $(PY) -m rlv3site.launch test tests/test_fuzz_api.py -q
+
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache .hypothesis

@@ -33,7 +33,7 @@ def model_version_resolve(ref: str | int) -> ModelVersion:
             raise ModelNotFound(f"no model is {text} yet")
         return version
     number = text[1:] if text.startswith("v") else text
-    if not number.isdigit():
+    if not (number.isascii() and number.isdigit()):  # str.isdigit() is also true for "⑷", which int() refuses
         raise ModelNotFound(f"not a model version or alias: {ref!r}")
     try:
         return ModelVersion.objects.get(version=int(number))

@@ -1,10 +1,17 @@
+from datetime import UTC, datetime
+
 import django_filters
+from django import forms
 from django_filters import rest_framework as filters
+from django_filters.fields import IsoDateTimeField
+from drf_spectacular.utils import extend_schema_field
 
 from decisions.models import Decision, Experience
-from training.rl.actions import Action
+from training.rl.actions import ACTION_NAMES, N_ACTIONS, Action
 
 
+@extend_schema_field({"type": "string", "enum": [*ACTION_NAMES, *(str(code) for code in range(N_ACTIONS))],
+                      "description": "Action name or code."})
 class ActionFilter(django_filters.CharFilter):
     """?action=LONG or ?action=1."""
 
@@ -20,15 +27,81 @@ class ActionFilter(django_filters.CharFilter):
         return qs.filter(**{self.field_name: code})
 
 
+def as_utc(moment: datetime) -> datetime:
+    """An aware time in UTC (naive means UTC). PostgreSQL refuses offsets beyond +-15:59 that Python
+    parses (up to +-23:59), so every time reaches the database in UTC; raises ValueError when the
+    conversion leaves the representable years."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is outside the representable years 1-9999 in UTC") from None
+
+
+class _PresentIsoDateTimeField(IsoDateTimeField):
+    """An ISO-8601 time in UTC; present but empty (`?since=`) is an error, not "no filter"."""
+
+    def clean(self, value):
+        if value == "":
+            raise forms.ValidationError("must be an ISO-8601 time, got an empty value")
+        moment = super().clean(value)
+        try:
+            return None if moment is None else as_utc(moment)
+        except ValueError as exc:
+            raise forms.ValidationError(f"must be an ISO-8601 time, got one that {exc}") from None
+
+
+class TimeFilter(filters.IsoDateTimeFilter):
+    field_class = _PresentIsoDateTimeField
+
+
+class _TrueFalseField(forms.Field):
+    """true/false (or 1/0); any other value is an error instead of being read as "no filter"."""
+
+    widget = forms.TextInput
+
+    def clean(self, value):
+        if value is None:
+            return None
+        text = str(value).strip().lower()
+        if text in ("true", "1"):
+            return True
+        if text in ("false", "0"):
+            return False
+        raise forms.ValidationError(f"must be true or false, got {str(value)[:40]!r}")
+
+
+class TrueFalseFilter(filters.BooleanFilter):
+    field_class = _TrueFalseField
+
+    def __init__(self, *args, **kwargs):
+        kwargs["widget"] = forms.TextInput  # the raw text, for _TrueFalseField to judge
+        super().__init__(*args, **kwargs)
+
+
+class _PresentChoiceField(django_filters.fields.ChoiceField):
+    def clean(self, value):
+        if value == "":
+            raise forms.ValidationError("must be one of the listed values, got an empty value")
+        return super().clean(value)
+
+
+class ChoiceFilter(filters.ChoiceFilter):
+    """A choice; present but empty is an error, not "no filter"."""
+
+    field_class = _PresentChoiceField
+
+
 class DecisionFilter(filters.FilterSet):
     symbol = filters.CharFilter(field_name="symbol", max_length=32)
     action = ActionFilter(field_name="action", help_text="Action name or code.")
     model_version = filters.CharFilter(field_name="model_version", max_length=32)
-    shadow_mode = filters.BooleanFilter(field_name="shadow_mode")
-    source = filters.ChoiceFilter(field_name="source", choices=Decision._meta.get_field("source").choices)
-    role = filters.ChoiceFilter(field_name="role", choices=Decision._meta.get_field("role").choices)
-    since = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    until = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    shadow_mode = TrueFalseFilter(field_name="shadow_mode")
+    source = ChoiceFilter(field_name="source", choices=Decision._meta.get_field("source").choices)
+    role = ChoiceFilter(field_name="role", choices=Decision._meta.get_field("role").choices)
+    since = TimeFilter(field_name="created_at", lookup_expr="gte")
+    until = TimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Decision
@@ -39,8 +112,8 @@ class ExperienceFilter(filters.FilterSet):
     symbol = filters.CharFilter(field_name="symbol", max_length=32)
     action = ActionFilter(field_name="action", help_text="Action name or code.")
     model_version = filters.CharFilter(field_name="model_version", max_length=32)
-    since = filters.IsoDateTimeFilter(field_name="closed_at", lookup_expr="gte")
-    until = filters.IsoDateTimeFilter(field_name="closed_at", lookup_expr="lt")
+    since = TimeFilter(field_name="closed_at", lookup_expr="gte")
+    until = TimeFilter(field_name="closed_at", lookup_expr="lt")
 
     class Meta:
         model = Experience

@@ -5,7 +5,10 @@ the same inputs."""
 from __future__ import annotations
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+
+from decisions.api.schema import DATASET_PATTERN
 
 from decisions.models import Decision, Experience, ShadowModeChange
 from training.models import ModelVersion, TrainingRun
@@ -88,12 +91,60 @@ class PredictionSerializer(serializers.Serializer):
         }
 
 
+# JSON bodies are typed: a number where text is expected (or "5" where a number is) is an error,
+# not something to coerce. DRF's fields coerce because they also parse forms and query strings.
+class StrictCharField(serializers.CharField):
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    default_error_messages = {"invalid": "must be an integer"}
+
+    def to_internal_value(self, data):
+        # JSON Schema counts 3.0 as an integer; "3" and true are not.
+        if isinstance(data, float) and data.is_integer():
+            data = int(data)
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    default_error_messages = {"invalid": "must be true or false"}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
+
+
+@extend_schema_field({"type": "string", "pattern": DATASET_PATTERN, "maxLength": 200,
+                      "description": "A bundled dataset (eurusd_1h, googl_1d) or recorded:SYMBOL."})
+class DatasetField(StrictCharField):
+    """The dataset name of a training request (checked against the known datasets by the view)."""
+
+
 class TrainRequestSerializer(serializers.Serializer):
-    timesteps = serializers.IntegerField(required=False, min_value=1_000, max_value=50_000_000)
-    num_episodes = serializers.IntegerField(required=False, min_value=1, max_value=100_000, help_text="Seed compatibility: episodes of the configured length.")
-    dataset = serializers.CharField(required=False, max_length=200)
-    seed = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1, default=0)
-    seeds = serializers.ListField(child=serializers.IntegerField(min_value=0, max_value=2**31 - 1), required=False, min_length=1, max_length=16)
+    timesteps = StrictIntegerField(required=False, min_value=1_000, max_value=50_000_000)
+    num_episodes = StrictIntegerField(required=False, min_value=1, max_value=100_000, help_text="Seed compatibility: episodes of the configured length.")
+    dataset = DatasetField(required=False, max_length=200)
+    seed = StrictIntegerField(required=False, min_value=0, max_value=2**31 - 1, default=0)
+    seeds = serializers.ListField(child=StrictIntegerField(min_value=0, max_value=2**31 - 1), required=False, min_length=1, max_length=16)
+
+
+class TrainQuerySerializer(serializers.Serializer):
+    """The seed's `POST train?num_episodes=N` (a query string: digits only)."""
+
+    num_episodes = serializers.RegexField(
+        r"^(100000|[1-9][0-9]{0,4})$", required=False, help_text="Seed compatibility: episodes to train (1-100000).",
+        error_messages={"invalid": "must be a whole number from 1 to 100000"},
+    )
+
+    def validate_num_episodes(self, value: str) -> int:
+        return int(value)
 
 
 class TrainAcceptedSerializer(serializers.Serializer):
@@ -105,8 +156,8 @@ class TrainAcceptedSerializer(serializers.Serializer):
 
 
 class ShadowModeRequestSerializer(serializers.Serializer):
-    enabled = serializers.BooleanField()
-    reason = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+    enabled = StrictBooleanField()
+    reason = StrictCharField(required=False, allow_blank=True, max_length=2000, default="")
 
 
 class ShadowModeChangeSerializer(serializers.ModelSerializer):
@@ -176,7 +227,7 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 
 
 class PromoteRequestSerializer(serializers.Serializer):
-    reason = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+    reason = StrictCharField(required=False, allow_blank=True, max_length=2000, default="")
 
 
 class TrainingRunSerializer(serializers.ModelSerializer):

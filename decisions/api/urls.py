@@ -12,7 +12,7 @@ urlpatterns = [
     path("shadow_mode", views.ShadowModeView.as_view(), name="shadow-mode"),
     path("decisions", views.DecisionListView.as_view(), name="decisions"),
     path("models", views.ModelListView.as_view(), name="models"),
-    path("models/<int:version>/promote", views.PromoteView.as_view(), name="model-promote"),
-    path("training-runs/<int:pk>", views.TrainingRunDetailView.as_view(), name="training-run-detail"),
+    path("models/<str:version>/promote", views.PromoteView.as_view(), name="model-promote"),
+    path("training-runs/<str:pk>", views.TrainingRunDetailView.as_view(), name="training-run-detail"),
     path("ab-report", views_ab.ABReportView.as_view(), name="ab-report"),
 ]

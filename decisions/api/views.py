@@ -19,6 +19,7 @@ from decisions.api import serializers as s
 from decisions.api.errors import error_response
 from decisions.api.filters import DecisionFilter, ExperienceFilter
 from decisions.api.pagination import CursorPagination
+from decisions.api.schema import predict_request_schema, predict_response_schema
 from decisions.api.parsers import JSONAsFormParser, StrictJSONParser
 from decisions.api.permissions import IsOperator
 from decisions.models import Experience, ShadowModeChange
@@ -34,6 +35,12 @@ PARSERS = [StrictJSONParser, JSONAsFormParser]
 ERROR = inline_serializer("Error", {"error": serializers.CharField(), "field": serializers.CharField(allow_null=True, required=False)})
 BAD_REQUEST = OpenApiResponse(ERROR, description="Invalid input; `field` names the offending field.")
 AUTH_ERRORS = {401: OpenApiResponse(ERROR, description="Not authenticated."), 403: OpenApiResponse(ERROR, description="Operator permission required.")}
+# Every write can meet the body-size limit and the per-token throttles (rlv3site.middleware_limits, settings).
+LIMIT_ERRORS = {
+    413: OpenApiResponse(ERROR, description="Body larger than the configured limit."),
+    429: OpenApiResponse(ERROR, description="Too many requests for this token; see Retry-After."),
+}
+NOT_FOUND = OpenApiResponse(ERROR, description="No such object.")
 
 
 def _bool_param(value: str | None, field: str) -> bool:
@@ -52,9 +59,8 @@ class PredictView(APIView):
         summary="Decide for one observation or a batch",
         description="Body: one observation (every field optional, seed defaults) or `{\"observations\": [...]}` "
         f"with up to {settings.RLV3_MAX_BATCH}. Each decision is stored.",
-        request={"application/json": s.ObservationSerializer},
-        responses={200: s.PredictionSerializer, 400: BAD_REQUEST, **AUTH_ERRORS},
-        examples=[],
+        request={"application/json": predict_request_schema()},
+        responses={200: OpenApiResponse(predict_response_schema()), 400: BAD_REQUEST, **AUTH_ERRORS, **LIMIT_ERRORS},
     )
     @metrics.predict_timed("api")
     def post(self, request):
@@ -78,14 +84,15 @@ class TrainView(APIView):
 
     @extend_schema(
         summary="Queue a training run",
-        parameters=[OpenApiParameter("num_episodes", int, description="Seed compatibility: episodes to train.")],
-        request=s.TrainRequestSerializer,
+        parameters=[s.TrainQuerySerializer],
+        request={"application/json": s.TrainRequestSerializer},
         responses={
             202: s.TrainAcceptedSerializer,
             400: BAD_REQUEST,
             409: OpenApiResponse(inline_serializer("TrainConflict", {"error": serializers.CharField(), "run_id": serializers.IntegerField(), "url": serializers.CharField()})),
             503: OpenApiResponse(ERROR, description="The task queue is unavailable."),
             **AUTH_ERRORS,
+            **LIMIT_ERRORS,
         },
     )
     def post(self, request):
@@ -93,8 +100,11 @@ class TrainView(APIView):
         if not isinstance(data, dict):
             return error_response("body must be a JSON object", status_code=400, field="__root__")
         merged = dict(data)
-        if "num_episodes" in request.query_params:
-            merged.setdefault("num_episodes", request.query_params["num_episodes"])
+        # A plain dict: with a QueryDict, DRF reads an empty optional value as "not given".
+        query = s.TrainQuerySerializer(data=request.query_params.dict())
+        query.is_valid(raise_exception=True)
+        if "num_episodes" in query.validated_data:
+            merged.setdefault("num_episodes", query.validated_data["num_episodes"])
         req = s.TrainRequestSerializer(data=merged)
         req.is_valid(raise_exception=True)
         v = req.validated_data
@@ -159,9 +169,12 @@ class ShadowModeView(APIView):
 
     @extend_schema(
         summary="Turn shadow mode on or off (persisted and audited)",
-        parameters=[OpenApiParameter("enabled", OpenApiTypes.BOOL, description="Seed compatibility: ?enabled=true|false")],
-        request=s.ShadowModeRequestSerializer,
-        responses={200: s.ShadowModeResponseSerializer, 400: BAD_REQUEST, **AUTH_ERRORS},
+        # The seed's `?enabled=true|false[&reason=...]` with no body is also accepted. It is described
+        # rather than declared: OpenAPI cannot say "enabled in the body or in the query".
+        description="Body `{\"enabled\": true|false, \"reason\": \"...\"}`. Seed compatibility: "
+        "`?enabled=true|false` (and `&reason=`) with no body does the same.",
+        request={"application/json": s.ShadowModeRequestSerializer},
+        responses={200: s.ShadowModeResponseSerializer, 400: BAD_REQUEST, **AUTH_ERRORS, **LIMIT_ERRORS},
     )
     def post(self, request):
         data = request.data
@@ -188,7 +201,7 @@ class DecisionListView(generics.ListAPIView):
     def get_queryset(self):
         return selectors.decision_list()
 
-    @extend_schema(summary="Stored decisions, newest first")
+    @extend_schema(summary="Stored decisions, newest first", responses={200: s.DecisionSerializer(many=True), 400: BAD_REQUEST, 404: OpenApiResponse(ERROR, description="Invalid cursor."), **AUTH_ERRORS})
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
 
@@ -205,7 +218,7 @@ class ExperienceListView(generics.ListAPIView):
     def get_queryset(self):
         return selectors.experience_list()
 
-    @extend_schema(summary="Experiences (decision + realised outcome), newest first")
+    @extend_schema(summary="Experiences (decision + realised outcome), newest first", responses={200: s.ExperienceSerializer(many=True), 400: BAD_REQUEST, 404: OpenApiResponse(ERROR, description="Invalid cursor."), **AUTH_ERRORS})
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
 
@@ -228,10 +241,11 @@ class PromoteView(APIView):
 
     @extend_schema(
         summary="Make a version the champion (promotion or rollback, audited)",
-        request=s.PromoteRequestSerializer,
-        responses={200: s.ModelVersionSerializer, 400: BAD_REQUEST, 404: OpenApiResponse(ERROR), **AUTH_ERRORS},
+        parameters=[OpenApiParameter("version", str, OpenApiParameter.PATH, description="Version number (3 or v3) or alias (champion, challenger).")],
+        request={"application/json": s.PromoteRequestSerializer},
+        responses={200: s.ModelVersionSerializer, 400: BAD_REQUEST, 404: NOT_FOUND, **AUTH_ERRORS, **LIMIT_ERRORS},
     )
-    def post(self, request, version: int):
+    def post(self, request, version: str):
         data = request.data
         if not isinstance(data, dict):
             return error_response("body must be a JSON object", status_code=400, field="__root__")
@@ -251,6 +265,6 @@ class TrainingRunDetailView(generics.RetrieveAPIView):
     serializer_class = s.TrainingRunSerializer
     queryset = TrainingRun.objects.select_related("requested_by").prefetch_related("model_versions")
 
-    @extend_schema(summary="One training run: status, progress, metrics")
+    @extend_schema(summary="One training run: status, progress, metrics", responses={200: s.TrainingRunSerializer, 404: NOT_FOUND, **AUTH_ERRORS})
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
