@@ -109,16 +109,13 @@ def evaluate_vec_env(act: Callable[[np.ndarray], np.ndarray], envs: Any, episode
 
 
 def greedy_actions(policy: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """``obs (N, d) -> argmax actions (N,)`` for an `ActorCritic` or a runtime with predict_batch."""
-    if hasattr(policy, "predict_batch"):
-        return lambda obs: policy.predict_batch(obs).actions
-    import torch
+    """``obs (N, d) -> argmax actions (N,)`` for an `ActorCritic` or a runtime with predict_batch.
 
-    device = next(policy.parameters()).device
+    A torch network is evaluated through its numpy export: single observations cost a few
+    microseconds there, and no torch thread pool is woken per step.
+    """
+    if not hasattr(policy, "predict_batch"):
+        from training.rl.inference import PolicyRuntime
 
-    def act(obs: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            logits, _ = policy(torch.as_tensor(obs, device=device))
-        return torch.argmax(logits, dim=-1).cpu().numpy()
-
-    return act
+        policy = PolicyRuntime(policy.export_arrays(), {"feature_spec_version": None})
+    return lambda obs: policy.predict_batch(obs).actions
