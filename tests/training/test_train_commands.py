@@ -86,3 +86,14 @@ def test_sandbox_shows_the_prediction_change_and_reloads_identically(tmp_path):
     assert result["after"]["confidence"] == result["after"]["probabilities"][result["after"]["action_code"]]
     load_checkpoint(result["checkpoint"], result["sha256"])
     assert PolicyRuntime.load(result["runtime_path"], result["runtime_sha256"]).sha256 == result["runtime_sha256"]
+
+
+def test_ppo_overrides_reach_the_trained_config_and_bad_ones_are_refused():
+    _, result = _run("rlv3_train", "--gym-env", "CartPole-v1", "--timesteps", "512", "--eval-episodes", "1",
+                     "--ppo", "ent_coef=0.05", "--ppo", "hidden_sizes=[32, 32]", "--n-envs", "2", "--no-progress", "--json")
+    config = load_checkpoint(result["checkpoint"]).ppo_config()
+    assert (config.ent_coef, config.hidden_sizes, config.n_envs) == (0.05, (32, 32), 2)
+    with pytest.raises(CommandError, match="unknown PPOConfig keys: entropy"):
+        call_command("rlv3_train", "--gym-env", "CartPole-v1", "--ppo", "entropy=0.1")
+    with pytest.raises(CommandError, match="KEY=VALUE"):
+        call_command("rlv3_train", "--gym-env", "CartPole-v1", "--ppo", "ent_coef")

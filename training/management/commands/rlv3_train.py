@@ -34,6 +34,8 @@ class Command(BaseCommand):
                             help="environment steps (default: 100000 for gym, the service's default for datasets)")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--n-envs", type=int, default=None, help="parallel environments (default: the preset's)")
+        parser.add_argument("--ppo", action="append", default=[], metavar="KEY=VALUE",
+                            help="override one PPO hyperparameter (repeatable), e.g. --ppo ent_coef=0.0")
         parser.add_argument("--eval-episodes", type=int, default=20, help="gym: greedy evaluation episodes")
         parser.add_argument("--output", help="checkpoint path (.pt) for --gym-env or --no-register")
         parser.add_argument("--no-register", action="store_true", help="dataset: do not register a ModelVersion")
@@ -45,6 +47,7 @@ class Command(BaseCommand):
             raise CommandError("--timesteps must be >= 1")
         if opts["n_envs"] is not None and opts["n_envs"] < 1:
             raise CommandError("--n-envs must be >= 1")
+        opts["overrides"] = _overrides(opts["ppo"], opts["n_envs"])
         result = self._gym(opts) if opts["gym_env"] else self._dataset(opts)
         if opts["json"]:
             self.stdout.write(json.dumps(result, default=str))
@@ -58,7 +61,7 @@ class Command(BaseCommand):
 
         env_id, seed = opts["gym_env"], opts["seed"]
         timesteps = opts["timesteps"] or 100_000
-        config = config_for_gym(env_id, **({"n_envs": opts["n_envs"]} if opts["n_envs"] else {}))
+        config = config_for_gym(env_id, **opts["overrides"])
         try:
             result = train(env_id, config, timesteps, seed, callbacks=self._progress(opts, env_id),
                            device=settings.RLV3_DEVICE)
@@ -93,7 +96,7 @@ class Command(BaseCommand):
         from training import services
         from training.models import ModelVersion, TrainingRun
 
-        config = {"ppo": {"n_envs": opts["n_envs"]}} if opts["n_envs"] else {}
+        config = {"ppo": opts["overrides"]} if opts["overrides"] else {}
         try:
             run = services.training_run_create(dataset=name, timesteps=timesteps, seed=opts["seed"], config=config)
         except services.TrainingRunActive as exc:
@@ -132,7 +135,7 @@ class Command(BaseCommand):
             data = dataset_load(name)
         except DatasetError as exc:
             raise CommandError(str(exc)) from None
-        config = ppo_config_for(timesteps=timesteps, overrides={"n_envs": opts["n_envs"]} if opts["n_envs"] else None)
+        config = ppo_config_for(timesteps=timesteps, overrides=opts["overrides"])
         envs = TradingVecEnv(data, num_envs=config.n_envs, split="train")
         result = train(envs, config, timesteps, seed, callbacks=self._progress(opts, name), device=settings.RLV3_DEVICE)
         path = Path(opts["output"] or Path(settings.RLV3_MODEL_DIR) / "unregistered" / f"{_slug(name)}-seed{seed}.pt")
@@ -157,6 +160,29 @@ class Command(BaseCommand):
         from training.rl.callbacks import ProgressBarCallback
 
         return [] if opts["no_progress"] else [ProgressBarCallback(desc=f"training {what}", file=sys.stderr)]
+
+
+def _overrides(pairs: list[str], n_envs: int | None) -> dict[str, Any]:
+    """``["ent_coef=0.0", ...]`` -> a validated dict of PPOConfig overrides (values parsed as JSON
+    when they parse, else kept as text); --n-envs joins them."""
+    from training.rl.config import PPOConfig
+
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise CommandError(f"--ppo expects KEY=VALUE, got {pair!r}")
+        try:
+            overrides[key.strip()] = json.loads(raw)
+        except ValueError:
+            overrides[key.strip()] = raw
+    if n_envs:
+        overrides["n_envs"] = n_envs
+    try:
+        PPOConfig.from_dict(overrides)
+    except (TypeError, ValueError) as exc:
+        raise CommandError(f"--ppo: {exc}") from None
+    return overrides
 
 
 def _slug(name: str) -> str:
