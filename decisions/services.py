@@ -63,6 +63,16 @@ class SignalContext:
     trace_id: str | None = None
 
 
+# Decision(*values) in field order skips Django's per-keyword handling of the model constructor:
+# two thirds of the cost of building a row, and the stream path builds one per signal.
+_DECISION_FIELDS = tuple((f.attname, f) for f in Decision._meta.concrete_fields)
+
+
+def _new_decision(**values) -> Decision:
+    """An unsaved Decision from field values (a missing field gets its default, as with kwargs)."""
+    return Decision(*[values[name] if name in values else f.get_default() for name, f in _DECISION_FIELDS])
+
+
 def _decisions_build(
     *, policy: ServedPolicy, observations: Sequence[dict], role: str, shadow: bool, source: str,
     contexts: Sequence[SignalContext] | None = None,
@@ -80,7 +90,8 @@ def _decisions_build(
         probs = all_probs[i]
         action = actions[i]
         built.append(
-            Decision(
+            _new_decision(
+                decision_id=uuid.uuid4(),
                 symbol=obs.get("symbol") or "",
                 observation=obs,
                 features=features[i],
@@ -194,14 +205,6 @@ def decisions_from_signals(*, observations: Sequence[dict], contexts: Sequence[S
     return decisions_store(prepared=decisions_prepare(observations=observations, contexts=contexts))
 
 
-def _json_value(value):
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
-
-
 def _decisions_insert(rows: list[Decision]) -> set[uuid.UUID] | None:
     """Insert rows, skipping any that conflict (ON CONFLICT DO NOTHING); one statement.
 
@@ -216,9 +219,9 @@ def _decisions_insert(rows: list[Decision]) -> set[uuid.UUID] | None:
     for row in rows:  # orjson writes NaN as null: refuse it here rather than store it
         if not (math.isfinite(row.value) and all(map(math.isfinite, row.probabilities))):
             raise ValueError(f"the policy returned a non-finite value or probability for {row.stream_entry_id}")
-    document = orjson.dumps(
-        [{f.column: _json_value(getattr(row, f.attname)) for f in fields} for row in rows]
-    ).decode()
+    pairs = [(f.column, f.attname) for f in fields]
+    # orjson writes UUIDs and aware datetimes (RFC 3339) itself; PostgreSQL parses both.
+    document = orjson.dumps([_row_values(vars(row), pairs) for row in rows]).decode()
     table = connection.ops.quote_name(Decision._meta.db_table)
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
     sql = (
@@ -228,6 +231,10 @@ def _decisions_insert(rows: list[Decision]) -> set[uuid.UUID] | None:
     with connection.cursor() as cursor:
         cursor.execute(sql, [document])
         return {row[0] for row in cursor.fetchall()}
+
+
+def _row_values(values: dict, pairs: list[tuple[str, str]]) -> dict:
+    return {column: values[name] for column, name in pairs}
 
 
 def _champion_decisions_persisted(built: list[Decision], inserted: set[uuid.UUID] | None) -> list[Decision]:
