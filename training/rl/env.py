@@ -199,24 +199,25 @@ class AccountBook:
         self.asset = np.zeros(n, dtype=np.int64)
         cfg = config
         s, f, frac = cfg.slippage, cfg.fee_rate, cfg.position_fraction * _SIZE_MARGIN
-        f64 = np.float64  # constants derived from the config once, not per step
-        # Closing a short before going long costs (1 + s)(1 + f) - 1 per unit of value beyond the
-        # close; closing a long before going short 1 - (1 - s)(1 - f).
-        self._short_close_cost = f64((1.0 + s) * (1.0 + f) - 1.0)
-        self._long_close_cost = f64(1.0 - (1.0 - s) * (1.0 - f))
-        # Units per unit of equity and price for a full long / short, fees included.
-        self._long_units = f64(frac / ((1.0 + s) * (1.0 + f)))
-        self._short_units = f64(frac / ((1.0 - s) * (1.0 + f)))
-        self._keep, self._neg_keep = f64(1.0 - cfg.min_trade_fraction), f64(cfg.min_trade_fraction - 1.0)
-        self._fee_rate = f64(f)
-        self._ruin = f64(cfg.ruin_fraction * cfg.initial_balance)
-        self._zero, self._one, self._half = f64(0.0), f64(1.0), f64(0.5)
-        self._is_long = _action_table({Action.LONG: True}, False, bool)
-        self._is_short = _action_table({Action.SHORT: True}, False, bool)
-        self._is_reduce = _action_table({Action.REDUCE: True}, False, bool)
-        self._closes = _action_table({Action.CLOSE: True, Action.EMERGENCY_FLATTEN: True}, False, bool)
+        # Per-action lookup tables. An entry (LONG +1, SHORT -1) first closes the other side, which
+        # costs (1 + s)(1 + f) - 1 per unit of a short's value beyond the close, 1 - (1 - s)(1 - f)
+        # of a long's; a full size is position_fraction of the equity left, fees included.
+        self._entry_side = _action_table({Action.LONG: 1.0, Action.SHORT: -1.0}, 0.0, np.float64)
+        self._close_cost = _action_table(
+            {Action.LONG: (1.0 + s) * (1.0 + f) - 1.0, Action.SHORT: 1.0 - (1.0 - s) * (1.0 - f)}, 0.0, np.float64
+        )
+        self._units = _action_table(
+            {Action.LONG: frac / ((1.0 + s) * (1.0 + f)), Action.SHORT: frac / ((1.0 - s) * (1.0 + f))}, 0.0, np.float64
+        )
+        # What is kept of the position: REDUCE half, CLOSE and EMERGENCY_FLATTEN none.
+        self._kept = _action_table({Action.REDUCE: 0.5, Action.CLOSE: 0.0, Action.EMERGENCY_FLATTEN: 0.0}, 1.0, np.float64)
         self._cooldown_set = _action_table({Action.EMERGENCY_FLATTEN: float(cfg.cooldown_bars)}, 0.0, np.float64)
         self._slip = _action_table({Action.EMERGENCY_FLATTEN: s + cfg.emergency_slippage}, s, np.float64)
+        f64 = np.float64
+        self._keep = f64(1.0 - cfg.min_trade_fraction)
+        self._fee_rate = f64(f)
+        self._ruin = f64(cfg.ruin_fraction * cfg.initial_balance)
+        self._zero, self._one = f64(0.0), f64(1.0)
 
     def reset_account(self, i: int, asset: int, start: int) -> None:
         """Start account i flat at global bar ``start`` of ``asset``."""
@@ -235,22 +236,14 @@ class AccountBook:
         zero, one = self._zero, self._one
         price, pos, cash, entry = self.price, self.position, self.cash, self.entry
 
-        # Target position (units) per action.
-        value = pos * price
-        short_value = np.fmin(value, zero)
-        long_base = self.equity + short_value * self._short_close_cost  # equity left after closing a short
-        short_base = self.equity - (value - short_value) * self._long_close_cost  # ... after closing a long
-        long_size = np.fmax(long_base, zero) * self._long_units / price
-        short_size = np.fmax(short_base, zero) * self._short_units / price
-        can_enter = self.cooldown <= zero
-        # Enter, flip or top up (only by more than min_trade_fraction of a full size).
-        go_long = self._is_long.take(actions) & can_enter & (long_size * self._keep > pos)
-        go_short = self._is_short.take(actions) & can_enter & (short_size * self._neg_keep < pos)
-        target = pos.copy()
-        np.copyto(target, long_size, where=go_long)
-        np.copyto(target, -short_size, where=go_short)
-        np.copyto(target, pos * self._half, where=self._is_reduce.take(actions))
-        np.copyto(target, zero, where=self._closes.take(actions))
+        # Target position (units) per action. Entries: the side asked for (0 when not an entry
+        # or in a cool-down), sized from the equity left after closing the other side.
+        want = self._entry_side.take(actions) * (self.cooldown <= zero)
+        opposite = np.fmax(-want * (pos * price), zero)  # value of the other side's position
+        size = np.fmax(self.equity - opposite * self._close_cost.take(actions), zero) * self._units.take(actions) / price
+        # Enter or flip; top up only by more than min_trade_fraction of a full size.
+        target = np.where(size * self._keep > want * pos, want * size, pos)
+        target = target * self._kept.take(actions) + zero  # + 0 turns -0.0 into 0.0
 
         # Fill at the close, slippage against us, fee on the traded notional.
         delta = target - pos
