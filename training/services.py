@@ -370,28 +370,30 @@ def training_run_nightly(*, task_id: str = "", worker: str = "") -> dict:
     """The nightly retraining: the default bundled dataset plus market bars recorded since the last
     nightly run, then the gate. Runs inside the beat-triggered task; skipped while a run is active for
     the dataset. A redelivered task (same `task_id`) finds its run and does not train again."""
-    from decisions.models import MarketBar
-
     dataset = settings.RLV3_DEFAULT_DATASET
     existing = TrainingRun.objects.filter(celery_task_id=task_id).first() if task_id else None
     if existing is None:
-        last = TrainingRun.objects.filter(kind=RunKind.NIGHTLY, status=RunStatus.SUCCEEDED).order_by("-started_at").first()
-        since = last.started_at if last else None
-        bars = MarketBar.objects.all() if since is None else MarketBar.objects.filter(time__gte=since)
-        symbols = sorted(set(bars.values_list("symbol", flat=True)))
-        config = {
-            "extra_datasets": [f"recorded:{s}" for s in symbols],
-            "recorded_since": since.isoformat() if since else None,
-        }
         try:
             existing = training_run_create(
-                dataset=dataset, timesteps=settings.RLV3_DEFAULT_TIMESTEPS, kind=RunKind.NIGHTLY, config=config,
-                celery_task_id=task_id,
+                dataset=dataset, timesteps=settings.RLV3_DEFAULT_TIMESTEPS, kind=RunKind.NIGHTLY,
+                config=nightly_config(), celery_task_id=task_id,
             )
         except TrainingRunActive as exc:
             log.info("nightly retraining skipped: %s", exc)
             return {"run_id": exc.run.pk, "status": "skipped", "reason": str(exc)}
     return training_run_execute(run_id=existing.pk, worker=worker)
+
+
+def nightly_config() -> dict:
+    """What tonight's run adds to the bundled data: every symbol with market bars recorded since the
+    last successful nightly run started (all recorded bars before the first one)."""
+    from decisions.models import MarketBar
+
+    last = TrainingRun.objects.filter(kind=RunKind.NIGHTLY, status=RunStatus.SUCCEEDED).order_by("-started_at").first()
+    since = last.started_at if last else None
+    bars = MarketBar.objects.all() if since is None else MarketBar.objects.filter(time__gte=since)
+    symbols = sorted(set(bars.values_list("symbol", flat=True)))
+    return {"extra_datasets": [f"recorded:{s}" for s in symbols], "recorded_since": since.isoformat() if since else None}
 
 
 def training_run_finetune(*, task_id: str = "", worker: str = "", limit: int = 50_000, epochs: int = 4) -> dict:

@@ -34,3 +34,23 @@ def version_with(tmp_dir: Path, *, sharpe: float, max_drawdown: float = 0.05, da
     return model_version_register(
         artifact=artifact, config={}, metrics=metrics, dataset=dataset, feature_spec_version="test-spec",
     )
+
+
+def policy_version(tmp_dir: Path, *, seed: int, sharpe: float, max_drawdown: float = 0.01, dataset: str = "eurusd_1h"):
+    """Register a real, loadable (untrained, seeded) policy saved the way training saves it, with
+    known validation metrics; each seed decides differently."""
+    import torch
+
+    from training.rl.actions import N_ACTIONS
+    from training.rl.checkpoint import save_checkpoint
+    from training.rl.features import FEATURE_DIM, FEATURE_SPEC_VERSION
+    from training.rl.networks import ActorCritic
+    from training.services import model_version_register
+
+    policy = ActorCritic(FEATURE_DIM, N_ACTIONS, (64, 64), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        policy.actor_bias.copy_(torch.linspace(-1, 1, N_ACTIONS) * (1 if seed % 2 else -1))
+    artifact = save_checkpoint(tmp_dir / f"seed{seed}" / "policy.pt", policy, config={}, metrics={},
+                               feature_spec_version=FEATURE_SPEC_VERSION)
+    metrics = {"validation": {"sharpe": sharpe, "max_drawdown": max_drawdown}}
+    return model_version_register(artifact=artifact, config={}, metrics=metrics, dataset=dataset)

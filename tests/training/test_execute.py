@@ -70,3 +70,29 @@ def test_champion_ensure_reports_a_failed_first_training(settings):
     settings.RLV3_DEFAULT_DATASET = "recorded:NOBARS"
     with pytest.raises(RuntimeError, match=r"could not train a first champion \(run \d+\): DatasetError: recorded:NOBARS"):
         champion_ensure(timesteps=2048)
+
+
+def test_champion_ensure_trains_the_first_champion_here_with_a_progress_bar(settings):
+    import io
+
+    from training.models import AliasName
+    from training.selectors import alias_version
+
+    settings.RLV3_DEFAULT_DATASET = "googl_1d"
+    out = io.StringIO()
+    version = champion_ensure(timesteps=2048, stdout=out)
+    assert alias_version(AliasName.CHAMPION).pk == version.pk
+    assert version.gate_decision == "promoted: first model: no champion yet"
+    assert version.dataset == "googl_1d" and version.training_run.config == {"bootstrap": True}
+    assert version.training_run.worker.startswith("setup@")
+    assert f"training run {version.training_run.pk}" in out.getvalue() and "2048/2048" in out.getvalue()
+    assert champion_ensure(timesteps=2048).pk == version.pk  # idempotent: no second training
+    assert TrainingRun.objects.count() == 1
+
+
+def test_champion_ensure_trains_a_run_left_queued_by_an_earlier_session(settings):
+    settings.RLV3_DEFAULT_DATASET = "googl_1d"
+    leftover = training_run_create(dataset="googl_1d", timesteps=2048)
+    version = champion_ensure(timesteps=4096)
+    assert version.training_run_id == leftover.pk
+    assert TrainingRun.objects.count() == 1

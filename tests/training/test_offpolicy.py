@@ -52,9 +52,9 @@ def _good_action_prob(policy, obs) -> float:
 
 def test_finetuning_on_logged_outcomes_raises_the_probability_of_the_paying_action():
     start = _policy()
-    batch = _bandit(behaviour=lambda obs: _probs(start, obs))  # the champion logged its own decisions
+    batch = _bandit(n=1024, behaviour=lambda obs: _probs(start, obs))  # the champion logged its own decisions
     before = _good_action_prob(start, batch.observations)
-    result = finetune(start, batch, OffPolicyConfig(learning_rate=3e-3, epochs=10, target_kl=None), seed=1)
+    result = finetune(start, batch, OffPolicyConfig(learning_rate=3e-3, epochs=8, target_kl=None), seed=1)
     after = _good_action_prob(result.policy, batch.observations)
     assert before == pytest.approx(1 / N_ACTIONS, abs=0.02)  # untrained: about uniform
     assert after > before + 0.1

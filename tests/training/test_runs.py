@@ -191,3 +191,22 @@ def test_a_fanout_whose_children_all_ended_is_finished_by_the_sweeper_with_the_b
         v.refresh_from_db()
     assert versions[1].gate_decision.startswith("promoted: first model")
     assert versions[0].gate_decision.startswith("not gated: seed 1")
+
+
+@pytest.mark.django_db
+def test_nightly_adds_the_symbols_with_bars_recorded_since_the_last_successful_nightly_run():
+    from decisions.models import MarketBar
+    from training.services import nightly_config
+
+    now = timezone.now().replace(second=0, microsecond=0)
+    for symbol, age in (("BTCUSDT", 120), ("ETHUSDT", 30), ("SOLUSDT", 5)):
+        MarketBar.objects.create(symbol=symbol, time=now - timedelta(minutes=age), open=1, high=1, low=1, close=1)
+    assert nightly_config() == {"extra_datasets": ["recorded:BTCUSDT", "recorded:ETHUSDT", "recorded:SOLUSDT"],
+                                "recorded_since": None}
+    last_night = now - timedelta(minutes=60)
+    TrainingRun.objects.create(dataset="eurusd_1h", timesteps=1, kind=RunKind.NIGHTLY, status=RunStatus.SUCCEEDED,
+                               started_at=last_night)
+    TrainingRun.objects.create(dataset="eurusd_1h", timesteps=1, kind=RunKind.NIGHTLY, status=RunStatus.FAILED,
+                               started_at=now - timedelta(minutes=10))  # a failed night does not move the window
+    assert nightly_config() == {"extra_datasets": ["recorded:ETHUSDT", "recorded:SOLUSDT"],
+                                "recorded_since": last_night.isoformat()}
