@@ -93,3 +93,16 @@ def test_invalid_actions_are_rejected(googl, actions):
     vec.reset(seed=0)
     with pytest.raises(ValueError, match="actions must be 2 integers"):
         vec.step(actions)
+
+
+def test_infos_handed_out_never_change_afterwards(googl):
+    vec = TradingVecEnv(googl, 4, "train", EnvConfig(episode_length=3))
+    vec.reset(seed=2)
+    kept = []
+    for step in range(7):  # episodes end at steps 3 and 6: autoresets write into the state
+        _, _, _, _, infos = vec.step(np.array([1, 2, 3, 5]))
+        kept.append((infos, {k: v.copy() for k, v in infos.items() if isinstance(v, np.ndarray) and v.dtype != object}))
+    vec.reset(seed=3)
+    for infos, values in kept:
+        for key, value in values.items():
+            assert np.array_equal(infos[key], value), key

@@ -190,7 +190,8 @@ class AccountBook:
         self.n = n
         z = lambda: np.zeros(n)  # noqa: E731
         self.cash, self.position, self.entry, self.price = z(), z(), z(), z()
-        self.realised, self.fees, self.slippage_paid, self.trades = z(), z(), z(), z()
+        self.realised, self.fees, self.slippage_paid = z(), z(), z()
+        self.trades = np.zeros(n, dtype=np.int64)
         self.time_in_position, self.cooldown = z(), z()
         self.equity, self.peak, self.drawdown, self.episode_return = z(), z(), z(), z()
         self.bar = np.zeros(n, dtype=np.int64)
@@ -219,8 +220,17 @@ class AccountBook:
         self._ruin = f64(cfg.ruin_fraction * cfg.initial_balance)
         self._zero, self._one = f64(0.0), f64(1.0)
 
+    _STATE = ("cash", "position", "entry", "price", "realised", "fees", "slippage_paid", "trades", "time_in_position",
+              "cooldown", "equity", "peak", "drawdown", "episode_return", "bar", "start_bar", "end_bar", "asset")
+
+    def unshare(self) -> None:
+        """Give the book fresh copies of its state arrays before reset_account writes into them, so
+        arrays handed out earlier (info_arrays) keep their values."""
+        for name in self._STATE:
+            setattr(self, name, getattr(self, name).copy())
+
     def reset_account(self, i: int, asset: int, start: int) -> None:
-        """Start account i flat at global bar ``start`` of ``asset``."""
+        """Start account i flat at global bar ``start`` of ``asset`` (writes into the state arrays)."""
         balance = self.config.initial_balance
         for arr in (self.position, self.entry, self.realised, self.fees, self.slippage_paid, self.trades,
                     self.time_in_position, self.cooldown, self.drawdown, self.episode_return):
@@ -256,16 +266,17 @@ class AccountBook:
         held = np.abs(pos)
         closed = np.fmin(traded, held) * (pos * delta < zero)  # units of the old position closed
         opened = traded - closed
-        self.realised += closed * side * (fill - entry)
+        self.realised = self.realised + closed * side * (fill - entry)
         # Average entry price when adding; the fill for a new position; kept when reducing
         # (meaningless when flat: the unrealised PnL of no position is 0 whatever it is).
         added = (held * entry + opened * fill) / (held + opened + 1e-300)
         self.entry = np.where(same_side, np.where(opened > zero, added, entry), fill)
         self.cash = cash - delta * fill - fee
         self.position = target
-        self.fees += fee
-        self.slippage_paid += traded * price * slip
-        self.trades += delta != zero
+        # Rebound, not updated in place: info arrays handed out earlier never change under the caller.
+        self.fees = self.fees + fee
+        self.slippage_paid = self.slippage_paid + traded * price * slip
+        self.trades = self.trades + (delta != zero)
         self.time_in_position *= same_side
         # Count down; EMERGENCY_FLATTEN (re)starts the cool-down (cooldown_bars > anything counted down).
         self.cooldown = np.fmax(self.cooldown - one, self._cooldown_set.take(actions))
@@ -287,7 +298,7 @@ class AccountBook:
             reward_scale=cfg.reward_scale,
             drawdown_penalty=cfg.drawdown_penalty,
         )
-        self.episode_return += r
+        self.episode_return = self.episode_return + r
         terminated = self.equity < self._ruin
         truncated = (self.bar >= self.end_bar) & ~terminated
         return r, terminated, truncated
@@ -326,19 +337,20 @@ class AccountBook:
         return out
 
     def info_arrays(self) -> dict[str, np.ndarray]:
-        """Per-account accounting (copies): equity, cash, position (units), realised / unrealised PnL,
-        fees, slippage, n_trades, drawdown, price."""
+        """Per-account accounting: equity, cash, position (units), realised / unrealised PnL, fees,
+        slippage, n_trades, drawdown, price. Read-only views of the current state: step() rebinds
+        these arrays rather than changing them, only reset_account() writes into the current ones."""
         return {
-            "equity": self.equity.copy(),
-            "cash": self.cash.copy(),
-            "position": self.position.copy(),
-            "realised_pnl": self.realised.copy(),
+            "equity": self.equity,
+            "cash": self.cash,
+            "position": self.position,
+            "realised_pnl": self.realised,
             "unrealised_pnl": self.position * (self.price - self.entry),
-            "fees": self.fees.copy(),
-            "slippage": self.slippage_paid.copy(),
-            "n_trades": self.trades.astype(np.int64),
-            "drawdown": self.drawdown.copy(),
-            "price": self.price.copy(),
+            "fees": self.fees,
+            "slippage": self.slippage_paid,
+            "n_trades": self.trades,
+            "drawdown": self.drawdown,
+            "price": self.price,
         }
 
     def observation_fields(self, i: int) -> dict[str, Any]:

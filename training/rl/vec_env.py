@@ -62,6 +62,7 @@ class TradingVecEnv(VectorEnv):
             raise ValueError(f"expected {self.num_envs} seeds, got {len(seeds)}")
         if seed is not None:
             self._np_random, self._np_random_seed = seeding.np_random(seeds[0])
+        self.book.unshare()
         for i, s in enumerate(seeds):
             if s is not None:
                 self._rngs[i] = seeding.np_random(s)[0]
@@ -82,8 +83,9 @@ class TradingVecEnv(VectorEnv):
             for i in ended:
                 final_obs[i] = obs[i].copy()
             final_info = infos
-            final_info["episode"] = {"r": self.book.episode_return.copy(), "l": self.book.steps, "_r": done, "_l": done}
+            final_info["episode"] = {"r": self.book.episode_return, "l": self.book.steps, "_r": done, "_l": done}
             final_info["_episode"] = done
+            self.book.unshare()  # final_info keeps the ended episodes' values
             for i in ended:
                 self._reset_one(int(i), None)
             obs[ended] = self.book.observe(np.empty((len(ended), features.FEATURE_DIM), np.float32), ended)
