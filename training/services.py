@@ -295,6 +295,10 @@ def training_run_create(
             )
     except IntegrityError:
         active = training_run_active(dataset=dataset)
+        if active is not None and _heartbeat_stale(active):
+            # Its worker died and no sweeper has run yet (e.g. no worker is up): do not block on it.
+            _run_lost(active, _no_heartbeat(active))
+            active = None
         if active is None:  # finished between the insert and the lookup: try once more
             return training_run_create(
                 dataset=dataset, timesteps=timesteps, seed=seed, user=user, kind=kind, config=config, seeds=seeds,
@@ -480,6 +484,17 @@ def _run_lost(run: TrainingRun, error: str) -> bool:
     return True
 
 
+def _heartbeat_stale(run: TrainingRun) -> bool:
+    """A running (non-fan-out) run whose last heartbeat is older than RLV3_RUN_STALE_SECONDS."""
+    beat = run.heartbeat_at or run.started_at
+    cutoff = timezone.now() - timedelta(seconds=settings.RLV3_RUN_STALE_SECONDS)
+    return run.status == RunStatus.RUNNING and run.kind != RunKind.FANOUT and beat is not None and beat < cutoff
+
+
+def _no_heartbeat(run: TrainingRun) -> str:
+    return f"worker lost: no heartbeat since {run.heartbeat_at or run.started_at:%Y-%m-%d %H:%M:%S} UTC"
+
+
 def training_run_sweep(*, stale_after: float | None = None, lost_node: str = "") -> list[int]:
     """Fail `running` runs whose worker is gone, finish orphaned fan-outs, remove stray files.
 
@@ -494,7 +509,7 @@ def training_run_sweep(*, stale_after: float | None = None, lost_node: str = "")
     running = TrainingRun.objects.filter(status=RunStatus.RUNNING).exclude(kind=RunKind.FANOUT)
     stale = running.filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff))
     for run in stale:
-        if _run_lost(run, f"worker lost: no heartbeat since {run.heartbeat_at or run.started_at:%Y-%m-%d %H:%M:%S} UTC"):
+        if _run_lost(run, _no_heartbeat(run)):
             failed.append(run.pk)
     if lost_node:
         for run in running.filter(worker__startswith=f"{lost_node} pid="):

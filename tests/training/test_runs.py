@@ -210,3 +210,15 @@ def test_nightly_adds_the_symbols_with_bars_recorded_since_the_last_successful_n
                                started_at=now - timedelta(minutes=10))  # a failed night does not move the window
     assert nightly_config() == {"extra_datasets": ["recorded:ETHUSDT", "recorded:SOLUSDT"],
                                 "recorded_since": last_night.isoformat()}
+
+
+@pytest.mark.django_db
+def test_a_run_whose_worker_died_does_not_block_a_new_request(settings):
+    settings.RLV3_RUN_STALE_SECONDS = 60
+    dead = _running(heartbeat_age=600)
+    fresh = training_run_create(dataset="eurusd_1h", timesteps=2048)
+    dead.refresh_from_db()
+    assert dead.status == RunStatus.FAILED and dead.error.startswith("worker lost: no heartbeat since")
+    assert fresh.status == RunStatus.QUEUED
+    with pytest.raises(TrainingRunActive):  # a live (queued) run still conflicts
+        training_run_create(dataset="eurusd_1h", timesteps=2048)
