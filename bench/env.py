@@ -9,8 +9,10 @@
   37 fields given. Budget about 20 us.
 - ``market_table_s``: one-off precomputation of the market features of the dataset's train split.
 
-Each speed is the median of ``--rounds`` timed rounds (wall clock); the machine's 1-minute load is
-recorded next to the figures. Prints a table and, with ``--json``, one JSON object as the last line.
+Each speed is the median of ``--rounds`` timed rounds, by the wall clock (the keys above) and by
+this process's CPU time (``*_per_cpu_s``: what an unloaded machine would show; on a shared machine
+the wall clock also counts the time other processes held the CPU). The 1-minute load is recorded
+next to the figures. Prints a table and, with ``--json``, one JSON object as the last line.
 
     .venv/bin/python bench/env.py --json
 """
@@ -34,26 +36,28 @@ from training.rl.data import load_dataset  # noqa: E402
 from training.rl.env import TradingEnv, market_table  # noqa: E402
 from training.rl.vec_env import TradingVecEnv  # noqa: E402
 
-def scalar_steps_per_s(data, steps: int, rng: np.random.Generator) -> float:
+def scalar_steps_per_s(data, steps: int, rng: np.random.Generator) -> tuple[float, float]:
+    """(env-steps per wall-clock second, per CPU second) of the scalar environment."""
     env = TradingEnv(data, "train")
     env.reset(seed=0)
     actions = rng.integers(0, N_ACTIONS, steps).tolist()
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     for action in actions:
         _, _, terminated, truncated, _ = env.step(action)
         if terminated or truncated:
             env.reset()
-    return steps / (time.perf_counter() - start)
+    return steps / (time.perf_counter() - wall), steps / (time.process_time() - cpu)
 
 
-def vector_steps_per_s(data, n_envs: int, steps: int, rng: np.random.Generator) -> float:
+def vector_steps_per_s(data, n_envs: int, steps: int, rng: np.random.Generator) -> tuple[float, float]:
+    """(env-steps per wall-clock second, per CPU second) of the vectorised environment."""
     env = TradingVecEnv(data, n_envs, "train")
     env.reset(seed=0)
     actions = rng.integers(0, N_ACTIONS, (steps, n_envs))
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     for row in actions:
         env.step(row)
-    return steps * n_envs / (time.perf_counter() - start)
+    return steps * n_envs / (time.perf_counter() - wall), steps * n_envs / (time.process_time() - cpu)
 
 
 def feature_p50_us(raw: dict, samples: int) -> float:
@@ -92,19 +96,24 @@ def main() -> None:
     result = {
         "dataset": args.dataset,
         "n_envs": args.n_envs,
-        "scalar_steps_per_s": round(statistics.median(scalar)),
-        "vector_steps_per_s": round(statistics.median(vector)),
-        "vector_steps_per_s_best": round(max(vector)),
+        "scalar_steps_per_s": round(statistics.median(w for w, _ in scalar)),
+        "scalar_steps_per_cpu_s": round(statistics.median(c for _, c in scalar)),
+        "vector_steps_per_s": round(statistics.median(w for w, _ in vector)),
+        "vector_steps_per_cpu_s": round(statistics.median(c for _, c in vector)),
+        "vector_steps_per_s_best": round(max(w for w, _ in vector)),
         "feature_p50_us": round(feature_us, 2),
         "feature_all_fields_p50_us": round(feature_all_us, 2),
         "market_table_s": round(table_s, 3),
         "machine": machine(),
     }
     print_table(
-        f"trading environment ({args.dataset}, train split; median of {args.rounds} rounds)",
+        f"trading environment ({args.dataset}, train split; median of {args.rounds} rounds; "
+        f"load {result['machine']['load_avg_1m']})",
         [
             ("scalar env-steps/s", result["scalar_steps_per_s"], ""),
+            ("  per CPU second", result["scalar_steps_per_cpu_s"], ""),
             (f"vector env-steps/s ({args.n_envs} envs)", result["vector_steps_per_s"], ">= 100,000"),
+            ("  per CPU second", result["vector_steps_per_cpu_s"], ""),
             ("  best round", result["vector_steps_per_s_best"], ""),
             ("fields -> vector p50 us (15 seed fields)", feature_us, "<= ~20"),
             ("fields -> vector p50 us (all 37 fields)", feature_all_us, ""),

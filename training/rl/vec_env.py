@@ -52,7 +52,6 @@ class TradingVecEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._rngs = [seeding.np_random()[0] for _ in range(num_envs)]
-        self._obs = np.zeros((num_envs, features.FEATURE_DIM), dtype=np.float32)
         self._masks = {f"_{key}": np.ones(num_envs, dtype=bool) for key in AccountBook.INFO_KEYS}
 
     def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None):
@@ -67,21 +66,21 @@ class TradingVecEnv(VectorEnv):
             if s is not None:
                 self._rngs[i] = seeding.np_random(s)[0]
             self._reset_one(i, options)
-        return self.book.observe(self._obs).copy(), self._infos()
+        return self._observe(), self._infos()
 
     def step(self, actions: np.ndarray):
         actions = np.asarray(actions)
         if actions.shape != (self.num_envs,) or actions.dtype.kind not in "iu" or actions.min() < 0 or actions.max() >= N_ACTIONS:
             raise ValueError(f"actions must be {self.num_envs} integers in 0-{N_ACTIONS - 1}, got {actions!r}")
         rewards, terminated, truncated = self.book.step(actions)
-        obs = self.book.observe(self._obs)
+        obs = self._observe()  # a fresh array each step: callers may keep it
         infos = self._infos()
         done = terminated | truncated
         if done.any():
             ended = np.flatnonzero(done)
             final_obs = np.full(self.num_envs, None, dtype=object)
             for i in ended:
-                final_obs[i] = obs[i].copy()
+                final_obs[i] = obs[i].copy()  # the row is overwritten by the new episode below
             final_info = infos
             final_info["episode"] = {"r": self.book.episode_return, "l": self.book.steps, "_r": done, "_l": done}
             final_info["_episode"] = done
@@ -92,11 +91,14 @@ class TradingVecEnv(VectorEnv):
             infos = self._infos()  # the new episodes' start, as gymnasium's SAME_STEP mode reports it
             infos["final_obs"], infos["_final_obs"] = final_obs, done
             infos["final_info"], infos["_final_info"] = final_info, done
-        return obs.copy(), rewards, terminated, truncated, infos
+        return obs, rewards, terminated, truncated, infos
 
     def observation_fields(self, i: int) -> dict[str, Any]:
         """Sub-environment i's current observation as fields (what serving would receive)."""
         return self.book.observation_fields(i)
+
+    def _observe(self) -> np.ndarray:
+        return self.book.observe(np.empty((self.num_envs, features.FEATURE_DIM), dtype=np.float32))
 
     def _reset_one(self, i: int, options: dict[str, Any] | None) -> None:
         asset, start = self.universe.draw_start(self._rngs[i], options)
