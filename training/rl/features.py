@@ -76,12 +76,14 @@ With ``sigma = max(volatility, 1e-6)`` and horizons h = 1, 5, 15, 30, 60, 240 ba
 - 22: ``clip(4 trend_slope / sigma, -3, 3)``; 23: ``2 trend_strength - 1``; 24-27: regime one-hot
 - 28: ``clip(ln max(volume_ratio, 0.05), -3, 3)``; 29: ``clip((ln max(spread, 1e-5) + 8) / 2, -3, 3)``;
   30: ``clip(spread / sigma, 0, 3)``
-- 31-32: sin, cos of 2 pi time_of_day; 33-34: sin, cos of 2 pi time_of_week
+- 31-32: sin, cos of 2 pi time_of_day (constant on daily bars, which all close at the same time);
+  33-34: sin, cos of 2 pi time_of_week
 - 35: ``2 close_location - 1``; 36: ``clip(bar_range / atr - 1, -1, 3)``
 - 37: ``clip(high_distance / sigma / 5 + 1, -1, 1)``; 38: ``clip(low_distance / sigma / 5 - 1, -1, 1)``
 - 39: ``clip((ln volatility_long + 6) / 2, -3, 3)``; 40: ``clip(6 trend_slope_long / sigma, -3, 3)``
 - 41: ``clip(ema_distance / sigma / 4, -3, 3)``; 42: ``(rsi_fast - 50) / 50``; 43: ``(stochastic_k - 50) / 50``
-- 44: side; 45-47: long, short, flat indicators ``max(side, 0)``, ``max(-side, 0)``, ``1 - |side|``; 48: ``min(position_size, 2)``; 49: side * dim 48
+- 44: side; 45-47: long, short, flat indicators ``max(side, 0)``, ``max(-side, 0)``, ``1 - |side|``
+- 48: ``min(position_size, 2)``; 49: side * dim 48
 - 50: ``min(balance / equity, 3) - 1``; 51: ``clip(10 unrealized_pnl, -3, 3)``
 - 52: ``clip(unrealized_pnl / position_size / sigma / 3, -3, 3)`` (the position's move in sigmas)
 - 53: ``t / (t + 24)``, 54: ``min(t, 240) / 240`` for t = time_in_position; 55: ``2 drawdown``
