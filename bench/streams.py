@@ -95,6 +95,9 @@ class Subscriber:
             cwd=BASE_DIR, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
 
+    def cpu_seconds(self) -> float:
+        return _cpu_seconds(self.proc.pid)
+
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -107,6 +110,23 @@ class Subscriber:
             return self.proc.wait(timeout=30)
         finally:
             self.log.close()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (and its threads) so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _database_backends() -> list[int]:
+    """Pids of the PostgreSQL backends serving other connections to this database (the subscriber's)."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        return [row[0] for row in cursor.fetchall()]
 
 
 def _wait_heartbeat(client, consumer: str, timeout: float = 60.0) -> None:
@@ -195,7 +215,10 @@ def main() -> int:
         warm_ids = _publish_all(client, signal_stream, _entries(200, seed=0))
         _, last_seen = _collect_decisions(client, decision_stream, {i.decode() for i in warm_ids}, "0", 60)
 
-        # 1. Throughput.
+        # 1. Throughput. CPU time is read too: on a shared machine the wall clock also measures
+        # the neighbours, the CPU seconds per signal only this service.
+        backends = _database_backends()
+        cpu_before = subscriber.cpu_seconds(), sum(_cpu_seconds(p) for p in backends)
         ids = _publish_all(client, signal_stream, throughput_entries)
         published_at = {i.decode(): _ms(i) for i in ids}
         seen, last_seen = _collect_decisions(client, decision_stream, set(published_at), last_seen, 300)
@@ -203,6 +226,9 @@ def main() -> int:
             raise SystemExit(f"only {len(seen)} of {len(published_at)} decisions arrived")
         elapsed_ms = max(seen.values()) - min(published_at.values())
         signals_per_s = len(ids) / max(elapsed_ms / 1000.0, 1e-3)
+        subscriber_cpu_us = (subscriber.cpu_seconds() - cpu_before[0]) * 1e6 / len(ids)
+        database_cpu_us = (sum(_cpu_seconds(p) for p in backends) - cpu_before[1]) * 1e6 / len(ids)
+        load_average = os.getloadavg()[0]
 
         # 2. Lag at a fixed rate: small bursts every 10 ms keep the rate steady.
         tick, per_tick = 0.01, max(1, round(args.rate * 0.01))
@@ -235,6 +261,9 @@ def main() -> int:
         "lag_p99_ms": _percentile(lags, 99) if lags else None,
         "lag_max_ms": max(lags) if lags else None,
         "peak_rss_mb": round(peak_rss_mb, 1),
+        "subscriber_cpu_us_per_signal": round(subscriber_cpu_us, 1),
+        "database_cpu_us_per_signal": round(database_cpu_us, 1),
+        "load_average_1m": round(load_average, 2),
         "throughput_signals": len(ids),
         "throughput_seconds": round(elapsed_ms / 1000.0, 3),
         "lag_rate_per_s": round(achieved_rate, 1),
@@ -253,6 +282,8 @@ def main() -> int:
         (f"lag p50 at {result['lag_rate_per_s']:,.0f}/s", f"{result['lag_p50_ms']} ms", ""),
         (f"lag p99 at {result['lag_rate_per_s']:,.0f}/s", f"{result['lag_p99_ms']} ms", "<= 50 ms"),
         ("subscriber peak RSS", f"{result['peak_rss_mb']} MB", "<= 150 MB"),
+        ("CPU per signal: subscriber / its database backends", f"{result['subscriber_cpu_us_per_signal']} / {result['database_cpu_us_per_signal']} us", ""),
+        ("machine load average (1 min) during the run", f"{result['load_average_1m']}", "2 cores"),
         ("decisions stored / signals", f"{stored} / {len(all_ids)}", "equal"),
     ]
     width = max(len(r[0]) for r in rows)

@@ -13,7 +13,7 @@ from decisions.streams import codec
 from decisions.streams.history import FILLED_FIELDS, MarketHistory
 from training.rl.features import market_fields
 
-from .stream_helpers import dead_letters, drain, publish, signal_payload
+from .stream_helpers import dead_letters, drain, publish
 
 MARKET = codec.MARKET_DATA_UPDATED
 
