@@ -6,6 +6,10 @@ entry is acknowledged only after its effects are committed; a crash before the a
 and the database constraints turn the redelivery into a republish of the same decision (at-least-
 once publishing, exactly-once decisions; consumers of rl_v3.decision dedupe by decision_id).
 
+Signal batches are pipelined: while one batch is stored and published on a second thread
+(pipeline.py), the next one is decoded and scored; every other batch waits for that thread to be
+idle first, so a close is only ever paired with decisions already stored.
+
 Start-up (and after every failure): re-read this consumer's own pending entries (XREADGROUP id 0),
 then take over entries idle longer than RLV3_CLAIM_IDLE_MS from consumers that died (XAUTOCLAIM,
 also repeated every RLV3_CLAIM_IDLE_MS while running). An entry already delivered more than

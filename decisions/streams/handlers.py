@@ -6,6 +6,9 @@ events to publish, the dead letters and the entry ids to acknowledge. The consum
 Outcome to Redis in one MULTI/EXEC only after the handler returned, i.e. after the database commit:
 persist, then publish, then ack.
 
+Signals come in two steps so the consumer can overlap them across batches: ``signals_prepare``
+(decode, complete, score: CPU) and ``signals_commit`` (insert, then build the events: I/O).
+
 Handlers raise on failure and never acknowledge anything themselves; the consumer decides whether
 the failure is transient (retry later) or belongs to one entry (isolate it and dead-letter it).
 """
