@@ -38,6 +38,8 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern, str], ...] = (
 # ``request`` object, are left out: they are not data and may hold headers).
 EXTRA_KEYS = ("request_id", "stream", "consumer", "entry_id", "correlation_id", "trace_id", "run_id", "status_code")
 _ENTRY_KEYS = ("entry_id", "correlation_id", "trace_id")
+_STREAM_KEYS = ("stream", "consumer", *_ENTRY_KEYS)
+_RUN_KEYS = ("run_id",)
 
 
 def redact_text(text: str) -> str:
@@ -154,7 +156,7 @@ def _connect_celery(config: dict) -> None:
 
 def bind_stream_batch(*, stream: str, consumer: str | None = None) -> None:
     """Start a batch of one stream: bind ``stream`` (and ``consumer``), forget the previous entry's ids."""
-    structlog.contextvars.unbind_contextvars(*_ENTRY_KEYS)
+    structlog.contextvars.unbind_contextvars(*_ENTRY_KEYS, *_RUN_KEYS)
     values = {"stream": stream}
     if consumer:
         values["consumer"] = consumer
@@ -188,5 +190,7 @@ def bind_stream_entry(*, entry_id: str, envelope: Any = None, fields: Mapping | 
 
 
 def bind_training_run(run_id: int) -> None:
-    """Bind ``run_id`` for the rest of this unit of work (a Celery task clears it at its start)."""
+    """Bind ``run_id`` for the rest of this unit of work (a Celery task clears it at its start);
+    stream context left by earlier work in the same thread is dropped."""
+    structlog.contextvars.unbind_contextvars(*_STREAM_KEYS)
     structlog.contextvars.bind_contextvars(run_id=run_id)

@@ -13,5 +13,6 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("metrics", metrics_view, name="metrics"),  # django-prometheus's series plus the service's
     path("", include("django_prometheus.urls")),
+    path("admin/rlv3/", include("decisions.dashboard")),  # the RL v3 dashboard, inside the admin
     path("admin/", admin.site.urls),
 ]
