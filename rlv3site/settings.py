@@ -67,6 +67,7 @@ MIDDLEWARE = [
     "rlv3site.middleware.RequestIdMiddleware",
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "rlv3site.middleware_limits.BodySizeLimitMiddleware",  # 413 before anything reads an oversized body
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -173,6 +174,12 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "decisions.api.errors.exception_handler",
+    # Per API token, counted in Redis (shared by all workers); "N/s|min|hour|day".
+    "DEFAULT_THROTTLE_CLASSES": ["decisions.api.throttling.RedisRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "predict": os.environ.get("RLV3_THROTTLE_PREDICT", "50000/min"),
+        "train": os.environ.get("RLV3_THROTTLE_TRAIN", "20/hour"),
+    },
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {

@@ -58,7 +58,7 @@ def operator_headers(operator, settings, redis_client):
     from rlv3site.celery import app
 
     # Throttling is exercised in tests/test_hostile_input.py; here it would only turn fuzzing into 429s.
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_CLASSES": []}
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {}}
     # Accepted training requests are queued for real, on a queue no worker listens to.
     queue = f"rlv3-fuzz-{uuid.uuid4().hex[:10]}"
     previous_queue = app.conf.task_default_queue

@@ -8,6 +8,13 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import BaseParser
 
 
+def _parse_error(prefix: str, exc: ValueError) -> ParseError:
+    """A ParseError for the client: Python's advice about its integer-digit limit is not for them."""
+    if "integer string conversion" in str(exc):
+        return ParseError(f"{prefix}: a number has more digits than any field accepts")
+    return ParseError(f"{prefix}: {exc}")
+
+
 class JSONAsFormParser(BaseParser):
     """Parses a JSON body sent with `application/x-www-form-urlencoded` (curl's default for -d).
 
@@ -23,7 +30,9 @@ class JSONAsFormParser(BaseParser):
         try:
             return json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
-            raise ParseError(f"body must be JSON: {exc}") from None
+            raise _parse_error("body must be JSON", exc) from None
+        except RecursionError:
+            raise ParseError("body must be JSON: nested too deeply") from None
 
 
 class StrictJSONParser(BaseParser):
@@ -39,6 +48,6 @@ class StrictJSONParser(BaseParser):
         try:
             return json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
-            raise ParseError(f"JSON parse error: {exc}") from None
+            raise _parse_error("JSON parse error", exc) from None
         except RecursionError:
             raise ParseError("JSON parse error: nested too deeply") from None

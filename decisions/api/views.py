@@ -35,11 +35,10 @@ PARSERS = [StrictJSONParser, JSONAsFormParser]
 ERROR = inline_serializer("Error", {"error": serializers.CharField(), "field": serializers.CharField(allow_null=True, required=False)})
 BAD_REQUEST = OpenApiResponse(ERROR, description="Invalid input; `field` names the offending field.")
 AUTH_ERRORS = {401: OpenApiResponse(ERROR, description="Not authenticated."), 403: OpenApiResponse(ERROR, description="Operator permission required.")}
-# Every write can meet the body-size limit and the per-token throttles (rlv3site.middleware_limits, settings).
-LIMIT_ERRORS = {
-    413: OpenApiResponse(ERROR, description="Body larger than the configured limit."),
-    429: OpenApiResponse(ERROR, description="Too many requests for this token; see Retry-After."),
-}
+# Every write can meet the body-size limit (rlv3site.middleware_limits); predict and train are
+# throttled per token (decisions.api.throttling, rates in settings).
+LIMIT_ERRORS = {413: OpenApiResponse(ERROR, description="Body larger than the configured limit (RLV3_MAX_BODY_BYTES).")}
+THROTTLED = {429: OpenApiResponse(ERROR, description="Too many requests for this token; retry after Retry-After seconds.")}
 NOT_FOUND = OpenApiResponse(ERROR, description="No such object.")
 
 
@@ -54,13 +53,14 @@ def _bool_param(value: str | None, field: str) -> bool:
 
 class PredictView(APIView):
     parser_classes = PARSERS
+    throttle_scope = "predict"
 
     @extend_schema(
         summary="Decide for one observation or a batch",
         description="Body: one observation (every field optional, seed defaults) or `{\"observations\": [...]}` "
         f"with up to {settings.RLV3_MAX_BATCH}. Each decision is stored.",
         request={"application/json": predict_request_schema()},
-        responses={200: OpenApiResponse(predict_response_schema()), 400: BAD_REQUEST, **AUTH_ERRORS, **LIMIT_ERRORS},
+        responses={200: OpenApiResponse(predict_response_schema()), 400: BAD_REQUEST, **AUTH_ERRORS, **LIMIT_ERRORS, **THROTTLED},
     )
     @metrics.predict_timed("api")
     def post(self, request):
@@ -80,6 +80,7 @@ class PredictView(APIView):
 
 class TrainView(APIView):
     parser_classes = PARSERS
+    throttle_scope = "train"
     permission_classes = [IsOperator]
 
     @extend_schema(
@@ -93,6 +94,7 @@ class TrainView(APIView):
             503: OpenApiResponse(ERROR, description="The task queue is unavailable."),
             **AUTH_ERRORS,
             **LIMIT_ERRORS,
+            **THROTTLED,
         },
     )
     def post(self, request):

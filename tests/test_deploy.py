@@ -1,0 +1,112 @@
+"""Deploy checks: production settings pass `check --deploy`, secrets stay out of logs, and the
+admin and the Swagger UI are for staff only."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import token_client
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+API = "/api/v1/rl/v3/"
+
+
+def _production_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    env.update(
+        DJANGO_SETTINGS_MODULE="rlv3site.settings", DJANGO_DEBUG="false",
+        DJANGO_SECRET_KEY=secrets.token_urlsafe(50), DJANGO_ALLOWED_HOSTS="rlv3.example.com",
+    )
+    env.update(extra)
+    return env
+
+
+def _manage(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_check_deploy_passes_with_production_settings():
+    out = _manage("check", "--deploy", "--fail-level", "WARNING", env=_production_env())
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "System check identified no issues (0 silenced)." in out.stdout
+
+
+def test_production_settings_are_the_secure_ones():
+    script = (
+        "import json, django; django.setup(); from django.conf import settings as s;"
+        "print(json.dumps([s.DEBUG, s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SECURE_HSTS_SECONDS,"
+        " s.SECURE_SSL_REDIRECT, s.ALLOWED_HOSTS, s.X_FRAME_OPTIONS,"
+        " 'rest_framework.renderers.BrowsableAPIRenderer' in s.REST_FRAMEWORK['DEFAULT_RENDERER_CLASSES']]))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=BASE_DIR, env=_production_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    debug, session_secure, csrf_secure, hsts, ssl_redirect, hosts, frame, browsable = __import__("json").loads(out.stdout.splitlines()[-1])
+    assert (debug, session_secure, csrf_secure, ssl_redirect, frame, browsable) == (False, True, True, True, "DENY", False)
+    assert hsts >= 31536000 and hosts == ["rlv3.example.com"]
+
+
+def test_debug_off_with_the_development_secret_refuses_to_start():
+    env = _production_env()
+    env.pop("DJANGO_SECRET_KEY")
+    out = _manage("check", env=env)
+    assert out.returncode != 0
+    assert "DJANGO_SECRET_KEY" in out.stderr
+
+
+@pytest.mark.django_db
+def test_tokens_and_secrets_never_reach_the_logs(reader, operator, capfd, caplog, settings):
+    """Requests carrying a token (header, and wrongly in the query or body), a wrong token and a
+    session login: nothing logged in this process contains a token, a password or the secret key."""
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    caplog.set_level(logging.DEBUG)
+    api = token_client(reader)
+    token = Token.objects.get(user=reader).key
+    api.post(API + "predict", {"rsi": 50}, format="json")
+    api.post(API + f"predict?token={token}", {"rsi": 500, "token": token}, format="json")  # 400, logged
+    api.get(API + f"decisions?symbol={token}")
+    op = token_client(operator)
+    op_token = Token.objects.get(user=operator).key
+    op.post(API + "shadow_mode", {"enabled": "maybe"}, format="json")  # 400
+    wrong = APIClient()
+    wrong_token = secrets.token_hex(20)
+    wrong.credentials(HTTP_AUTHORIZATION=f"Token {wrong_token}")
+    wrong.get(API + "status")  # 401, logged as a warning
+    from django.test import Client
+
+    browser = Client()
+    browser.post("/admin/login/", {"username": reader.username, "password": "pw-123456789-wrong"})
+    out, err = capfd.readouterr()
+    logged = out + err + "\n".join(r.getMessage() + " " + str(getattr(r, "args", "")) for r in caplog.records)
+    assert "predict" in logged or caplog.records, "the requests above were expected to be logged"
+    for secret in (token, op_token, wrong_token, "pw-123456789", settings.SECRET_KEY):
+        assert secret not in logged
+
+
+@pytest.mark.django_db
+def test_admin_and_swagger_need_staff(reader, superuser, client):
+    # Anonymous: sent to the admin login, never served.
+    for url in ("/admin/", "/admin/decisions/decision/", "/api/docs/"):
+        response = client.get(url)
+        assert response.status_code == 302 and "/admin/login/" in response["Location"], url
+    assert client.get("/api/schema/").status_code in (401, 403)
+    # An authenticated user who is not staff: still refused.
+    client.force_login(reader)
+    for url in ("/admin/", "/api/docs/"):
+        response = client.get(url)
+        assert response.status_code == 302 and "/admin/login/" in response["Location"], url
+    assert client.get("/admin/decisions/decision/").status_code == 302
+    # Staff: served.
+    client.force_login(superuser)
+    assert client.get("/admin/").status_code == 200
+    docs = client.get("/api/docs/")
+    assert docs.status_code == 200 and b"swagger" in docs.content.lower()
+    assert client.get("/api/schema/?format=json").status_code == 200
