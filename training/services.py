@@ -436,7 +436,7 @@ def training_run_claim(*, run_id: int, worker: str) -> TrainingRun | None:
     """Move a queued run to running atomically; None when it is not queued (already claimed by an
     earlier delivery of the same message, finished, or gone)."""
     now = timezone.now()
-    claimed = TrainingRun.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(
+    claimed = TrainingRun.objects.filter(pk=run_id, status=RunStatus.QUEUED).exclude(kind=RunKind.FANOUT).update(
         status=RunStatus.RUNNING, started_at=now, heartbeat_at=now, worker=worker[:200], error=""
     )
     if not claimed:
@@ -456,6 +456,8 @@ def _claim_refused(*, run_id: int, worker: str) -> dict:
     run = TrainingRun.objects.filter(pk=run_id).first()
     if run is None:
         return {"run_id": run_id, "status": "skipped", "reason": "no such run"}
+    if run.kind == RunKind.FANOUT:
+        return {"run_id": run_id, "status": "skipped", "reason": "a fan-out run is trained by its child runs"}
     if run.status == RunStatus.RUNNING and _worker_node(run.worker) == _worker_node(worker):
         pid = run.worker.rpartition(" pid=")[2]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
@@ -1107,6 +1109,9 @@ def champion_ensure(*, timesteps: int, stdout: Any = None) -> ModelVersion:
     champion = alias_version(AliasName.CHAMPION)
     if champion is not None:
         return champion
+    # A management command's OutputWrapper ends every write with a newline, which turns tqdm's
+    # in-place redraws into one line per update: draw on the stream it wraps.
+    stdout = getattr(stdout, "_out", stdout)
     training_run_sweep()
     worker = worker_label(f"setup@{socket.gethostname()}")
     for _attempt in range(3):

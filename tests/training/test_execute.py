@@ -85,6 +85,7 @@ def test_champion_ensure_trains_the_first_champion_here_with_a_progress_bar(sett
     assert version.gate_decision == "promoted: first model: no champion yet"
     assert version.dataset == "googl_1d" and version.training_run.config == {"bootstrap": True}
     assert version.training_run.worker.startswith("setup@")
+    assert version.metrics["training"]["device"] == "cpu"  # RLV3_DEVICE=auto on a machine without CUDA
     assert f"training run {version.training_run.pk}" in out.getvalue() and "2048/2048" in out.getvalue()
     assert champion_ensure(timesteps=2048).pk == version.pk  # idempotent: no second training
     assert TrainingRun.objects.count() == 1
@@ -96,3 +97,14 @@ def test_champion_ensure_trains_a_run_left_queued_by_an_earlier_session(settings
     version = champion_ensure(timesteps=4096)
     assert version.training_run_id == leftover.pk
     assert TrainingRun.objects.count() == 1
+
+
+def test_the_setup_command_draws_one_progress_bar_in_place(settings, capsys):
+    from django.core.management import call_command
+
+    settings.RLV3_DEFAULT_DATASET = "googl_1d"
+    call_command("rlv3_setup", "--champion-timesteps", "2048")
+    out = capsys.readouterr().out
+    assert "nightly retraining: training.tasks.retrain_nightly at" in out and "champion: v1" in out
+    bars = [line for line in out.split("\n") if "training run" in line]
+    assert len(bars) == 1 and bars[0].count("\r") >= 2  # redrawn in place, not one line per update

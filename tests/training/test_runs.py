@@ -222,3 +222,12 @@ def test_a_run_whose_worker_died_does_not_block_a_new_request(settings):
     assert fresh.status == RunStatus.QUEUED
     with pytest.raises(TrainingRunActive):  # a live (queued) run still conflicts
         training_run_create(dataset="eurusd_1h", timesteps=2048)
+
+
+@pytest.mark.django_db
+def test_a_fanout_parent_is_never_trained_itself():
+    parent = TrainingRun.objects.create(dataset="eurusd_1h", timesteps=2048, kind=RunKind.FANOUT, seeds=[0, 1])
+    result = training_run_execute(run_id=parent.pk, worker="w1@host pid=1")
+    assert result["reason"] == "a fan-out run is trained by its child runs"
+    parent.refresh_from_db()
+    assert parent.status == RunStatus.QUEUED
