@@ -297,7 +297,7 @@ def training_run_create(
         active = training_run_active(dataset=dataset)
         if active is not None and _heartbeat_stale(active):
             # Its worker died and no sweeper has run yet (e.g. no worker is up): do not block on it.
-            _run_lost(active, _no_heartbeat(active))
+            _run_lost(active, _no_heartbeat(active), only_if=_stale_q())
             active = None
         if active is None:  # finished between the insert and the lookup: try once more
             return training_run_create(
@@ -307,11 +307,13 @@ def training_run_create(
         raise TrainingRunActive(active) from None
 
 
-def training_run_fail(*, run: TrainingRun, error: str) -> bool:
-    """Mark an active run failed with `error`; False when it had already finished."""
-    changed = TrainingRun.objects.filter(pk=run.pk, status__in=ACTIVE_RUN_STATUSES).update(
-        status=RunStatus.FAILED, error=error[:10_000], finished_at=timezone.now()
-    )
+def training_run_fail(*, run: TrainingRun, error: str, only_if: Q | None = None) -> bool:
+    """Mark an active run failed with `error` (if it still matches `only_if`, checked in the same
+    UPDATE); False when it had already finished or no longer matches."""
+    rows = TrainingRun.objects.filter(pk=run.pk, status__in=ACTIVE_RUN_STATUSES)
+    if only_if is not None:
+        rows = rows.filter(only_if)
+    changed = rows.update(status=RunStatus.FAILED, error=error[:10_000], finished_at=timezone.now())
     return bool(changed)
 
 
@@ -476,9 +478,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _run_lost(run: TrainingRun, error: str) -> bool:
+def _run_lost(run: TrainingRun, error: str, only_if: Q | None = None) -> bool:
     """Fail a run whose worker is gone; a fan-out whose last child this was is finished."""
-    if not training_run_fail(run=run, error=error):
+    if not training_run_fail(run=run, error=error, only_if=only_if):
         return False
     log.warning("training run %s failed: %s", run.pk, error)
     if run.parent_id and not TrainingRun.objects.filter(parent_id=run.parent_id, status__in=ACTIVE_RUN_STATUSES).exists():
@@ -486,36 +488,43 @@ def _run_lost(run: TrainingRun, error: str) -> bool:
     return True
 
 
+def _stale_q(stale_after: float | None = None) -> Q:
+    """Running, not a fan-out parent, and no heartbeat for `stale_after` s (RLV3_RUN_STALE_SECONDS)."""
+    stale_after = settings.RLV3_RUN_STALE_SECONDS if stale_after is None else stale_after
+    cutoff = timezone.now() - timedelta(seconds=stale_after)
+    return (Q(status=RunStatus.RUNNING) & ~Q(kind=RunKind.FANOUT)
+            & (Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)))
+
+
 def _heartbeat_stale(run: TrainingRun) -> bool:
-    """A running (non-fan-out) run whose last heartbeat is older than RLV3_RUN_STALE_SECONDS."""
-    beat = run.heartbeat_at or run.started_at
-    cutoff = timezone.now() - timedelta(seconds=settings.RLV3_RUN_STALE_SECONDS)
-    return run.status == RunStatus.RUNNING and run.kind != RunKind.FANOUT and beat is not None and beat < cutoff
+    return TrainingRun.objects.filter(_stale_q(), pk=run.pk).exists()
 
 
 def _no_heartbeat(run: TrainingRun) -> str:
     return f"worker lost: no heartbeat since {run.heartbeat_at or run.started_at:%Y-%m-%d %H:%M:%S} UTC"
 
 
-def training_run_sweep(*, stale_after: float | None = None, lost_node: str = "") -> list[int]:
+def training_run_sweep(*, stale_after: float | None = None, lost_node: str = "", lost_before=None) -> list[int]:
     """Fail `running` runs whose worker is gone, finish orphaned fan-outs, remove stray files.
 
     A run is lost when its heartbeat is older than `stale_after` seconds (default
-    RLV3_RUN_STALE_SECONDS) or, with `lost_node`, when it was running on that Celery node (called at
-    worker start: whatever the node was running before it restarted is dead). Returns the ids failed.
+    RLV3_RUN_STALE_SECONDS) or, with `lost_node`, when it was running on that Celery node since before
+    `lost_before` (called at worker start with the worker's start time: whatever the node was running
+    before it restarted is dead; a run its new pool already took is not). Returns the ids failed.
+    Each run is failed by an UPDATE that re-checks the condition, so a run that just beat is spared.
     """
-    stale_after = settings.RLV3_RUN_STALE_SECONDS if stale_after is None else stale_after
-    cutoff = timezone.now() - timedelta(seconds=stale_after)
     failed = []
-    # Fan-out parents have no process of their own: they end when their children do.
-    running = TrainingRun.objects.filter(status=RunStatus.RUNNING).exclude(kind=RunKind.FANOUT)
-    stale = running.filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff))
-    for run in stale:
-        if _run_lost(run, _no_heartbeat(run)):
+    stale = _stale_q(stale_after)
+    for run in TrainingRun.objects.filter(stale):
+        if _run_lost(run, _no_heartbeat(run), only_if=stale):
             failed.append(run.pk)
     if lost_node:
-        for run in running.filter(worker__startswith=f"{lost_node} pid="):
-            if _run_lost(run, f"worker lost: {lost_node} restarted while the run was running"):
+        # Fan-out parents have no process of their own: they end when their children do.
+        restarted = Q(status=RunStatus.RUNNING, worker__startswith=f"{lost_node} pid=") & ~Q(kind=RunKind.FANOUT)
+        if lost_before is not None:
+            restarted &= Q(started_at__lt=lost_before)
+        for run in TrainingRun.objects.filter(restarted):
+            if _run_lost(run, f"worker lost: {lost_node} restarted while the run was running", only_if=restarted):
                 failed.append(run.pk)
     orphans = TrainingRun.objects.filter(kind=RunKind.FANOUT, status__in=ACTIVE_RUN_STATUSES).exclude(
         children__status__in=ACTIVE_RUN_STATUSES

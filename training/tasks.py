@@ -61,14 +61,22 @@ def sweep_training_runs() -> list[int]:
     return training_run_sweep()
 
 
+_worker_started_at = None
+
+
 @worker_init.connect
 def import_training_engine(**_kwargs) -> None:
-    """Import torch and the PPO engine once in the worker's main process, before the pool forks.
+    """Note the start time, and import torch and the PPO engine once in the worker's main process,
+    before the pool forks.
 
     Children then start with it loaded: a run's first seconds are not spent importing (inside its
     time limit), and a time limit can never interrupt an import half way. Importing torch does not
     initialise CUDA; the device is chosen inside each run (`training.rl.device.resolve_device`).
     """
+    global _worker_started_at
+    from django.utils import timezone
+
+    _worker_started_at = timezone.now()
     import training.rl.offpolicy  # noqa: F401
     import training.rl.ppo  # noqa: F401
 
@@ -82,7 +90,7 @@ def sweep_on_worker_start(sender=None, **_kwargs) -> None:
 
     node = getattr(sender, "hostname", "") or ""
     try:
-        failed = training_run_sweep(lost_node=node)
+        failed = training_run_sweep(lost_node=node, lost_before=_worker_started_at)
         if failed:
             log.warning("worker %s start: failed lost training runs %s", node, failed)
     except Exception:  # the worker must start even if the database is briefly unavailable

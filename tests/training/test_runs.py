@@ -231,3 +231,13 @@ def test_a_fanout_parent_is_never_trained_itself():
     assert result["reason"] == "a fan-out run is trained by its child runs"
     parent.refresh_from_db()
     assert parent.status == RunStatus.QUEUED
+
+
+@pytest.mark.django_db
+def test_worker_start_spares_a_run_its_new_pool_already_took():
+    restart = timezone.now() - timedelta(seconds=5)
+    before = _running(worker="w1@host pid=100", heartbeat_age=30)
+    after = _running(dataset="googl_1d", worker="w1@host pid=200", heartbeat_age=1)
+    assert training_run_sweep(lost_node="w1@host", lost_before=restart) == [before.pk]
+    after.refresh_from_db()
+    assert after.status == RunStatus.RUNNING
