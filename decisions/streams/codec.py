@@ -19,6 +19,7 @@ here as well, so tests, the bench and the consumer all speak through the same fu
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import uuid
@@ -71,6 +72,7 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+@functools.lru_cache(maxsize=64)  # a batch's decisions share one creation time
 def format_timestamp(moment: datetime) -> str:
     """ISO-8601 in UTC with an explicit offset (naive datetimes are taken as UTC)."""
     if moment.tzinfo is None:
@@ -92,7 +94,7 @@ def parse_timestamp(text: str, *, field_name: str = "timestamp") -> datetime:
 # --- the entry envelope ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Envelope:
     """One decoded stream entry. Empty ids and a missing timestamp decode to None."""
 
@@ -341,7 +343,7 @@ def position_close_payload(close: PositionClose) -> dict[str, Any]:
 # --- published events -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DecisionEvent:
     """The payload of an rl_v3.decision event. ``probabilities`` in action-code order (6)."""
 
