@@ -48,6 +48,7 @@ def shadow_mode_set(*, enabled: bool, user=None, reason: str = "", via: str = "a
             old_value=old, new_value=enabled, reason=reason, via=via,
         )
     log.info("shadow mode %s -> %s by %s: %s", old, enabled, getattr(user, "username", None), reason)
+    policy_server().shadow_mode_note(enabled)
     return state
 
 
@@ -116,8 +117,9 @@ def _decisions_build(
 @metrics.counts_decisions
 def decisions_predict(*, observations: Sequence[dict], source: str = DecisionSource.API) -> list[Decision]:
     """Score validated observations with the champion and store one Decision each (bulk insert)."""
-    policy = policy_server().champion()
-    shadow = shadow_mode_state().enabled
+    server = policy_server()
+    policy = server.champion()
+    shadow = server.shadow_mode()  # cached for about a second: the hot path makes no query for it
     decisions = _decisions_build(
         policy=policy, observations=observations, role=ModelRole.CHAMPION, shadow=shadow, source=source
     )
@@ -400,6 +402,10 @@ def market_bars_record(*, ticks: Sequence[tuple[MarketTick, datetime]], interval
 
     An existing bar keeps its open and widens: high = max, low = min, close = the newest tick's,
     volume and tick count add up. Returns the batch's per-bar aggregates.
+
+    Replaying the same ticks leaves open, high, low and close as they were; only a tick redelivered
+    after a crash between this commit and its XACK would add its volume and count a second time
+    (bars carry no per-entry record; a window of one batch, milliseconds wide).
     """
     updates = market_bars_aggregate(ticks=ticks, interval_seconds=interval_seconds)
     if not updates:
