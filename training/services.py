@@ -1040,6 +1040,11 @@ def training_run_fanout_finish(*, parent_id: int) -> dict:
         }
         parent.curve = best.curve
         parent.save(update_fields=["status", "progress", "finished_at", "timesteps_done", "recent_mean_reward", "metrics", "curve"])
+    try:  # the parent's admin page shows the kept seed's curve
+        run_log_dir(parent_id).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run_curve_path(best.pk), run_curve_path(parent_id))
+    except OSError as exc:
+        log.warning("no curve for fan-out run %s: %s", parent_id, exc)
     log.info("fan-out run %s kept seed %s (v%s)", parent_id, best.seed, best_version.version)
     return {"run_id": parent_id, "status": RunStatus.SUCCEEDED, "version": best_version.version, "seed": best.seed}
 

@@ -152,6 +152,7 @@ def test_seeds_fan_out_across_two_workers_and_only_the_best_is_gated(celery_work
     best_version = best.model_versions.get()
     assert parent.metrics["version"] == best_version.version
     assert alias_version(AliasName.CHAMPION).pk == best_version.pk  # first model: the gate promotes it
+    assert run_curve_path(parent.pk).read_bytes() == run_curve_path(best.pk).read_bytes()
     for child in children:
         if child.pk != best.pk:
             assert child.model_versions.get().gate_decision.startswith(f"not gated: seed {best.seed}")
