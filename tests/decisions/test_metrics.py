@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from django.test import Client
@@ -16,6 +20,7 @@ from tests.decisions.stream_helpers import consumer, drain, publish, register_mo
 from training.models import RunKind, RunStatus, TrainingRun
 
 API = "/api/v1/rl/v3/"
+BASE_DIR = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.django_db
 
 
@@ -24,11 +29,14 @@ def scrape(client: Client | None = None, **headers) -> dict[tuple[str, frozenset
     response = (client or Client()).get("/metrics", **headers)
     assert response.status_code == 200, response.content[:500]
     assert response["Content-Type"].startswith("text/plain")
-    out = {}
-    for family in text_string_to_metric_families(response.content.decode()):
-        for sample in family.samples:
-            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return out
+    return parse(response.content.decode())
+
+
+def parse(text: str) -> dict[tuple[str, frozenset], float]:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text) for sample in family.samples
+    }
 
 
 def value(samples: dict, name: str, **labels) -> float | None:
@@ -154,3 +162,23 @@ def test_symbol_labels_are_capped(monkeypatch):
     assert metrics.symbol_label("S1") == "S1"
     assert metrics.symbol_label("NEWSYMBOL") == metrics.OTHER_SYMBOL
     assert metrics.symbol_label("") == metrics.OTHER_SYMBOL
+
+
+def test_multiprocess_mode_sums_the_counters_of_every_process(tmp_path):
+    """PROMETHEUS_MULTIPROC_DIR (docs/operations.md): two processes count, a third serves the sum."""
+    env = {
+        **os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "rlv3site.settings",
+        # no store answers: the counters do not need one, and the scrape must still work
+        "DATABASE_URL": "postgres://postgres@127.0.0.1:9/none", "REDIS_URL": "redis://127.0.0.1:9/0",
+    }
+    count = (
+        "import django; django.setup(); from types import SimpleNamespace as D; from decisions import metrics; "
+        "metrics.decisions_count([D(action=1, symbol='BTCUSDT', source='api', role='champion')] * {n})"
+    )
+    for n in (2, 3):
+        subprocess.run([sys.executable, "-c", count.format(n=n)], cwd=BASE_DIR, env=env, check=True, timeout=120)
+    serve = "import django; django.setup(); from django.test import Client; print(Client().get('/metrics').content.decode())"
+    out = subprocess.run([sys.executable, "-c", serve], cwd=BASE_DIR, env=env, check=True, timeout=120, capture_output=True, text=True)
+    samples = parse(out.stdout)
+    assert value(samples, "rlv3_decisions_total", action="LONG", symbol="BTCUSDT", source="api", role="champion") == 5
+    assert value(samples, "rlv3_metrics_source_up", source="database") == 0
