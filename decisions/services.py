@@ -123,7 +123,10 @@ def decisions_predict(*, observations: Sequence[dict], source: str = DecisionSou
     decisions = _decisions_build(
         policy=policy, observations=observations, role=ModelRole.CHAMPION, shadow=shadow, source=source
     )
-    return Decision.objects.bulk_create(decisions)
+    # One statement in autocommit (no BEGIN/COMMIT round trips; the batch as one JSON document),
+    # as the stream path stores its decisions. The rows keep pk None: callers use decision_id.
+    _decisions_insert(decisions)
+    return decisions
 
 
 # --- stream side --------------------------------------------------------------------------------

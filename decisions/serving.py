@@ -49,6 +49,7 @@ class PolicyServer:
         self._cache: dict[int, ServedPolicy] = {}
         self._poll = settings.RLV3_MODEL_POLL_SECONDS if poll_seconds is None else poll_seconds
         self._untrained = ServedPolicy(runtime=PolicyRuntime.untrained(seed=0), version=UNTRAINED, loaded=False)
+        self._shadow: tuple[float, bool] | None = None  # (monotonic time read, enabled)
 
     # -- public ------------------------------------------------------------------------------
     def champion(self) -> ServedPolicy:
@@ -58,6 +59,23 @@ class PolicyServer:
     def challenger(self) -> ServedPolicy | None:
         self._maybe_refresh()
         return self._state.challenger
+
+    def shadow_mode(self) -> bool:
+        """The persisted shadow-mode switch, re-read at most every RLV3_SHADOW_MODE_CACHE_SECONDS:
+        one query per second per process instead of one per prediction. A change made in another
+        process is seen within that time; one made here (shadow_mode_note) at once."""
+        cached = self._shadow
+        if cached is not None and time.monotonic() - cached[0] < settings.RLV3_SHADOW_MODE_CACHE_SECONDS:
+            return cached[1]
+        from decisions.services import shadow_mode_state
+
+        enabled = shadow_mode_state().enabled
+        self._shadow = (time.monotonic(), enabled)
+        return enabled
+
+    def shadow_mode_note(self, enabled: bool) -> None:
+        """Record a change this process just committed (so its next prediction already uses it)."""
+        self._shadow = (time.monotonic(), enabled)
 
     def refresh(self) -> None:
         """Re-read the aliases now (tests and the admin call this after moving an alias)."""

@@ -163,7 +163,7 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # --- REST framework ----------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "decisions.api.authentication.CachedTokenAuthentication",  # DRF's, the lookup kept RLV3_TOKEN_CACHE_SECONDS
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -201,6 +201,10 @@ RLV3_RETRAIN_CRON = os.environ.get("RLV3_RETRAIN_CRON", "0 2 * * *")
 RLV3_OPERATORS_GROUP = "operators"
 # How often a serving process checks whether the champion alias moved (seconds).
 RLV3_MODEL_POLL_SECONDS = env_float("RLV3_MODEL_POLL_SECONDS", 2.0)
+# How long a serving process reuses the shadow-mode switch it read (seconds; 0: every prediction).
+RLV3_SHADOW_MODE_CACHE_SECONDS = env_float("RLV3_SHADOW_MODE_CACHE_SECONDS", 1.0)
+# How long a process reuses a token's user before looking the token up again (seconds; 0: never).
+RLV3_TOKEN_CACHE_SECONDS = env_float("RLV3_TOKEN_CACHE_SECONDS", 5.0)
 RLV3_MAX_BATCH = 1024
 # Promotion gate: a challenger must beat the champion's validation Sharpe by this margin
 # and stay within the drawdown limit.

@@ -1,0 +1,217 @@
+"""HTTP load on the real stack: gunicorn with the production settings, PostgreSQL, Redis.
+
+Starts gunicorn (DEBUG off, a generated secret, no SSL redirect, ALLOWED_HOSTS 127.0.0.1) on a
+free local port against a freshly created PostgreSQL database ``rlv3_bench`` and the local Redis,
+then drives it from a separate load process, wrk (``apt-get install -y wrk``) with a Lua script
+for the POSTs, for a fixed time per phase:
+
+- ``predict``: one observation per request (each request stores one Decision);
+- ``batch``: 1024 observations per request;
+- ``status``: GET status.
+
+Reports requests/s, p50/p99 latency, errors (non-2xx and socket errors) and each gunicorn worker's
+peak RSS (psutil, sampled every 100 ms). ``--json`` prints one JSON object as the last line with
+``predict_rps``, ``predict_p50_ms``, ``predict_p99_ms``, ``errors``, ``batch_obs_per_s`` and
+``worker_peak_rss_mb`` (the largest worker). Targets on a 2-core machine: >= 1,500 predictions/s
+with p99 <= 20 ms and no errors, >= 100,000 observations/s batched, <= 150 MB per worker.
+
+    python bench/http.py [--seconds 10] [--workers 2] [--threads 1] [--connections 8] [--json]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+# This file's name shadows the standard library's `http` for anything imported from its folder
+# (which Python puts first on sys.path): take the folder off, import the helpers as bench.*.
+_HERE, _ROOT = Path(__file__).resolve().parent, Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_ROOT))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import random  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+
+from bench._common import emit_json, machine, print_table, record  # noqa: E402
+from bench._services import database_create, free_port, gunicorn, manage, operator_token, production_env, wait_port  # noqa: E402
+
+API = "/api/v1/rl/v3/"
+TARGETS = {"predict_rps": 1500, "predict_p99_ms": 20, "batch_obs_per_s": 100_000, "worker_peak_rss_mb": 150}
+
+# wrk's Lua side: method, body and headers from the environment; `done` prints one JSON line.
+WRK_SCRIPT = r"""
+local body_path = os.getenv("WRK_BODY")
+wrk.method = os.getenv("WRK_METHOD") or "GET"
+if body_path and body_path ~= "" then
+  local f = assert(io.open(body_path, "rb")); wrk.body = f:read("*a"); f:close()
+  wrk.headers["Content-Type"] = "application/json"
+end
+wrk.headers["Authorization"] = "Token " .. os.getenv("WRK_TOKEN")
+local statuses = {}
+response = function(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"max_us":%d,"non2xx":%d,' ..
+    '"socket_errors":%d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), latency.max,
+    e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+def observation(rng: random.Random) -> dict:
+    return {
+        "symbol": rng.choice(["BTCUSDT", "ETHUSDT", "SOLUSDT"]), "rsi": round(rng.uniform(5, 95), 2),
+        "macd": round(rng.uniform(-0.5, 0.5), 4), "volatility": round(rng.uniform(0.005, 0.05), 4),
+        "price_change_1m": round(rng.uniform(-0.01, 0.01), 5), "regime": rng.choice(["TREND", "RANGE"]),
+    }
+
+
+class RssSampler(threading.Thread):
+    """Peak RSS (MB) of each of gunicorn's workers while the load runs."""
+
+    def __init__(self, master_pid: int, every: float = 0.1):
+        super().__init__(daemon=True)
+        self.master_pid, self.every = master_pid, every
+        self.peak: dict[int, float] = {}
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        master = psutil.Process(self.master_pid)
+        while not self._halt.is_set():
+            try:
+                for child in master.children():
+                    try:
+                        rss = child.memory_info().rss / 2**20
+                    except psutil.NoSuchProcess:
+                        continue
+                    self.peak[child.pid] = max(self.peak.get(child.pid, 0.0), rss)
+            except psutil.NoSuchProcess:
+                return
+            self._halt.wait(self.every)
+
+    def stop(self) -> dict[int, float]:
+        self._halt.set()
+        self.join(timeout=5)
+        return self.peak
+
+
+def wrk_run(*, url: str, token: str, seconds: float, connections: int, threads: int, method: str = "GET",
+            body: Path | None = None, script: Path) -> dict:
+    """One wrk phase in its own process; returns its JSON summary plus rps and latencies in ms."""
+    env = {**os.environ, "WRK_TOKEN": token, "WRK_METHOD": method, "WRK_BODY": str(body or "")}
+    argv = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "--timeout", "5s", "-s", str(script), url]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk gave no summary:\n{out.stdout}\n{out.stderr}")
+    result = json.loads(line[len("WRKJSON "):])
+    seconds_run = result["duration_us"] / 1e6
+    result["rps"] = result["requests"] / seconds_run
+    result["p50_ms"], result["p99_ms"] = result["p50_us"] / 1000, result["p99_us"] / 1000
+    result["errors"] = result["non2xx"] + result["socket_errors"]
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="Duration of each load phase.")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default: one per core).")
+    parser.add_argument("--threads", type=int, default=1, help="Threads per worker (1: sync workers).")
+    parser.add_argument("--connections", type=int, default=8, help="Concurrent connections for single predictions.")
+    parser.add_argument("--batch", type=int, default=1024, help="Observations per batch request.")
+    parser.add_argument("--json", action="store_true", help="Print one JSON object as the last line.")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("bench/http.py needs wrk: apt-get install -y wrk", file=sys.stderr)
+        return 2
+
+    base_db = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/rlv3"
+    if not base_db.startswith("postgres"):
+        print("bench/http.py measures against PostgreSQL: set DATABASE_URL=postgres://...", file=sys.stderr)
+        return 2
+    redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    database_url = database_create(base_db, "rlv3_bench")
+    env = production_env(database_url=database_url, redis_url=redis_url, RLV3_THROTTLE_PREDICT="100000000/min",
+                         RLV3_MODEL_DIR=tempfile.mkdtemp(prefix="rlv3-bench-models-"))
+    manage("migrate", "--noinput", env=env)
+    token = operator_token(env)
+    work = Path(tempfile.mkdtemp(prefix="rlv3-http-bench-"))
+    script = work / "load.lua"
+    script.write_text(WRK_SCRIPT)
+    rng = random.Random(7)
+    single, batch = work / "single.json", work / "batch.json"
+    single.write_text(json.dumps(observation(rng)))
+    batch.write_text(json.dumps({"observations": [observation(rng) for _ in range(args.batch)]}))
+
+    port = free_port()
+    web = gunicorn(port, env=env, log_path=work / "gunicorn.log", workers=args.workers, threads=args.threads).start()
+    results: dict[str, dict] = {}
+    try:
+        wait_port(port, proc=web.proc)
+        base = f"http://127.0.0.1:{port}{API}"
+        # Warm-up: every worker imports, connects and loads the policy before the clock starts.
+        wrk_run(url=base + "predict", token=token, seconds=2, connections=args.connections, threads=1, method="POST", body=single, script=script)
+        sampler = RssSampler(web.pid)
+        sampler.start()
+        results["predict"] = wrk_run(url=base + "predict", token=token, seconds=args.seconds, connections=args.connections,
+                                     threads=1, method="POST", body=single, script=script)
+        results["batch"] = wrk_run(url=base + "predict", token=token, seconds=args.seconds, connections=args.workers,
+                                   threads=1, method="POST", body=batch, script=script)
+        results["status"] = wrk_run(url=base + "status", token=token, seconds=max(2.0, args.seconds / 2), connections=args.connections,
+                                    threads=1, script=script)
+        peaks = sampler.stop()
+    finally:
+        web.stop()
+
+    batch_obs = results["batch"]["rps"] * args.batch
+    rss = [round(v, 1) for _, v in sorted(peaks.items())]
+    errors = sum(r["errors"] for r in results.values())
+    summary = {
+        "predict_rps": round(results["predict"]["rps"], 1),
+        "predict_p50_ms": round(results["predict"]["p50_ms"], 2),
+        "predict_p99_ms": round(results["predict"]["p99_ms"], 2),
+        "batch_rps": round(results["batch"]["rps"], 2),
+        "batch_p99_ms": round(results["batch"]["p99_ms"], 1),
+        "batch_obs_per_s": round(batch_obs),
+        "status_rps": round(results["status"]["rps"], 1),
+        "status_p99_ms": round(results["status"]["p99_ms"], 2),
+        "errors": errors,
+        "worker_peak_rss_mb": max(rss) if rss else None,
+        "workers_peak_rss_mb": rss,
+        "config": {"seconds": args.seconds, "workers": args.workers, "threads": args.threads,
+                   "connections": args.connections, "batch": args.batch, "load": "wrk (separate process)"},
+        "machine": machine(),
+    }
+    rows = []
+    for name, r in results.items():
+        rows.append([name, f"{r['rps']:.1f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", r["errors"]])
+    print_table(f"HTTP load: gunicorn {args.workers}x{args.threads}, PostgreSQL, Redis, {args.seconds:g}s per phase",
+                rows, headers=("phase", "requests/s", "p50 ms", "p99 ms", "errors"))
+    print()
+    print_table("against the targets", [
+        ["single predictions/s", summary["predict_rps"], f">= {TARGETS['predict_rps']}"],
+        ["single p99 ms", summary["predict_p99_ms"], f"<= {TARGETS['predict_p99_ms']}"],
+        ["batched observations/s", summary["batch_obs_per_s"], f">= {TARGETS['batch_obs_per_s']}"],
+        ["errors", errors, "0"],
+        ["worker peak RSS MB", ", ".join(map(str, rss)), f"<= {TARGETS['worker_peak_rss_mb']} each"],
+    ])
+    record("http", summary)
+    if args.json:
+        emit_json(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
