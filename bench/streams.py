@@ -31,7 +31,12 @@ import uuid
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(BASE_DIR))
+# Run as a script, this folder is first on sys.path, where a bench module named like a standard one
+# (http.py) would shadow it: import from the project root instead.
+if sys.path and Path(sys.path[0] or ".").resolve() == BASE_DIR / "bench":
+    sys.path[0] = str(BASE_DIR)
+else:
+    sys.path.insert(0, str(BASE_DIR))
 
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/rlv3_bench"
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "AVAXUSDT")
