@@ -97,3 +97,12 @@ def test_ppo_overrides_reach_the_trained_config_and_bad_ones_are_refused():
         call_command("rlv3_train", "--gym-env", "CartPole-v1", "--ppo", "entropy=0.1")
     with pytest.raises(CommandError, match="KEY=VALUE"):
         call_command("rlv3_train", "--gym-env", "CartPole-v1", "--ppo", "ent_coef")
+
+
+def test_env_overrides_are_validated_and_only_for_datasets():
+    with pytest.raises(CommandError, match="--env applies to trading datasets"):
+        call_command("rlv3_train", "--gym-env", "CartPole-v1", "--env", "drawdown_penalty=0")
+    with pytest.raises(CommandError, match="invalid EnvConfig value for fee_rate"):
+        call_command("rlv3_train", "--dataset", "googl_1d", "--no-register", "--env", "fee_rate=5")
+    with pytest.raises(CommandError, match="--env: .*unexpected keyword argument 'fees'"):
+        call_command("rlv3_train", "--dataset", "googl_1d", "--no-register", "--env", "fees=0")

@@ -9,6 +9,8 @@
                   ModelVersion and goes through the promotion gate (training.services). With
                   --no-register the checkpoint is only written under RLV3_MODEL_DIR/unregistered/
                   (or --output) and nothing in the registry changes.
+--ppo KEY=VALUE   overrides one PPO hyperparameter (training.rl.config.PPOConfig), repeatable;
+--env KEY=VALUE   one trading-environment setting (training.rl.env.EnvConfig), datasets only.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class Command(BaseCommand):
         parser.add_argument("--n-envs", type=int, default=None, help="parallel environments (default: the preset's)")
         parser.add_argument("--ppo", action="append", default=[], metavar="KEY=VALUE",
                             help="override one PPO hyperparameter (repeatable), e.g. --ppo ent_coef=0.0")
+        parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                            help="dataset: override one trading-environment setting (repeatable), e.g. --env drawdown_penalty=0")
         parser.add_argument("--eval-episodes", type=int, default=20, help="gym: greedy evaluation episodes")
         parser.add_argument("--output", help="checkpoint path (.pt) for --gym-env or --no-register")
         parser.add_argument("--no-register", action="store_true", help="dataset: do not register a ModelVersion")
@@ -47,7 +51,10 @@ class Command(BaseCommand):
             raise CommandError("--timesteps must be >= 1")
         if opts["n_envs"] is not None and opts["n_envs"] < 1:
             raise CommandError("--n-envs must be >= 1")
-        opts["overrides"] = _overrides(opts["ppo"], opts["n_envs"])
+        opts["overrides"] = _ppo_overrides(opts["ppo"], opts["n_envs"])
+        opts["env_overrides"] = _env_overrides(opts["env"])
+        if opts["env_overrides"] and opts["gym_env"]:
+            raise CommandError("--env applies to trading datasets, not to --gym-env")
         result = self._gym(opts) if opts["gym_env"] else self._dataset(opts)
         if opts["json"]:
             self.stdout.write(json.dumps(result, default=str))
@@ -96,7 +103,7 @@ class Command(BaseCommand):
         from training import services
         from training.models import ModelVersion, TrainingRun
 
-        config = {"ppo": opts["overrides"]} if opts["overrides"] else {}
+        config = {key: value for key, value in (("ppo", opts["overrides"]), ("env", opts["env_overrides"])) if value}
         try:
             run = services.training_run_create(dataset=name, timesteps=timesteps, seed=opts["seed"], config=config)
         except services.TrainingRunActive as exc:
@@ -123,6 +130,7 @@ class Command(BaseCommand):
         from training.datasets import dataset_load
         from training.rl.checkpoint import save_checkpoint
         from training.rl.data import DatasetError
+        from training.rl.env import EnvConfig
         from training.rl.evaluate import evaluate_with_baselines
         from training.rl.features import FEATURE_SPEC_VERSION
         from training.rl.inference import PolicyRuntime
@@ -136,10 +144,12 @@ class Command(BaseCommand):
         except DatasetError as exc:
             raise CommandError(str(exc)) from None
         config = ppo_config_for(timesteps=timesteps, overrides=opts["overrides"])
-        envs = TradingVecEnv(data, num_envs=config.n_envs, split="train")
+        env_config = EnvConfig(**opts["env_overrides"])
+        envs = TradingVecEnv(data, num_envs=config.n_envs, split="train", config=env_config)
         result = train(envs, config, timesteps, seed, callbacks=self._progress(opts, name), device=settings.RLV3_DEVICE)
         path = Path(opts["output"] or Path(settings.RLV3_MODEL_DIR) / "unregistered" / f"{_slug(name)}-seed{seed}.pt")
-        record = {"ppo": result.config.to_dict(), "seed": seed, "datasets": [name], "timesteps": result.timesteps}
+        record = {"ppo": result.config.to_dict(), "env": env_config.to_dict(), "seed": seed, "datasets": [name],
+                  "timesteps": result.timesteps}
         artifact = save_checkpoint(path, result.policy, config=record, metrics={}, feature_spec_version=FEATURE_SPEC_VERSION,
                                    extra={"dataset": name, "dataset_fingerprint": data.fingerprint()})
         # Evaluate the runtime file itself: exactly what serving would load.
@@ -162,20 +172,37 @@ class Command(BaseCommand):
         return [] if opts["no_progress"] else [ProgressBarCallback(desc=f"training {what}", file=sys.stderr)]
 
 
-def _overrides(pairs: list[str], n_envs: int | None) -> dict[str, Any]:
-    """``["ent_coef=0.0", ...]`` -> a validated dict of PPOConfig overrides (values parsed as JSON
-    when they parse, else kept as text); --n-envs joins them."""
-    from training.rl.config import PPOConfig
-
-    overrides: dict[str, Any] = {}
+def _pairs(pairs: list[str], flag: str) -> dict[str, Any]:
+    """``["ent_coef=0.0", ...]`` -> a dict (values parsed as JSON when they parse, else text)."""
+    out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
-            raise CommandError(f"--ppo expects KEY=VALUE, got {pair!r}")
+            raise CommandError(f"{flag} expects KEY=VALUE, got {pair!r}")
         try:
-            overrides[key.strip()] = json.loads(raw)
+            out[key.strip()] = json.loads(raw)
         except ValueError:
-            overrides[key.strip()] = raw
+            out[key.strip()] = raw
+    return out
+
+
+def _env_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Validated EnvConfig overrides from --env pairs."""
+    from training.rl.env import EnvConfig
+
+    overrides = _pairs(pairs, "--env")
+    try:
+        EnvConfig(**overrides)
+    except (TypeError, ValueError) as exc:
+        raise CommandError(f"--env: {exc}") from None
+    return overrides
+
+
+def _ppo_overrides(pairs: list[str], n_envs: int | None) -> dict[str, Any]:
+    """Validated PPOConfig overrides from --ppo pairs; --n-envs joins them."""
+    from training.rl.config import PPOConfig
+
+    overrides = _pairs(pairs, "--ppo")
     if n_envs:
         overrides["n_envs"] = n_envs
     try:
