@@ -194,6 +194,7 @@ def main() -> int:
 
     django.setup()
     import redis
+    from bench._common import finish, machine
     from django.conf import settings
 
     from decisions.models import Decision
@@ -281,22 +282,19 @@ def main() -> int:
         "batch": args.batch,
         "database": settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1],
         "targets": {"signals_per_s": 5000, "lag_p99_ms": 50, "peak_rss_mb": 150},
+        "machine": machine(),
     }
     rows = [
         ("throughput (entry added -> decision published)", f"{result['signals_per_s']:,.0f} signals/s", ">= 5,000"),
         (f"lag p50 at {result['lag_rate_per_s']:,.0f}/s", f"{result['lag_p50_ms']} ms", ""),
         (f"lag p99 at {result['lag_rate_per_s']:,.0f}/s", f"{result['lag_p99_ms']} ms", "<= 50 ms"),
         ("subscriber peak RSS", f"{result['peak_rss_mb']} MB", "<= 150 MB"),
-        ("CPU per signal: subscriber / its database backends", f"{result['subscriber_cpu_us_per_signal']} / {result['database_cpu_us_per_signal']} us", ""),
-        ("machine load average (1 min) during the run", f"{result['load_average_1m']}", "2 cores"),
+        ("CPU per signal: subscriber / its database backends",
+         f"{result['subscriber_cpu_us_per_signal']} / {result['database_cpu_us_per_signal']} us", ""),
+        ("machine load average (1 min) during the run", f"{result['load_average_1m']}", f"{os.cpu_count()} cores"),
         ("decisions stored / signals", f"{stored} / {len(all_ids)}", "equal"),
     ]
-    width = max(len(r[0]) for r in rows)
-    print(f"{'measure':<{width}}  {'value':>20}  target")
-    for name, value, target in rows:
-        print(f"{name:<{width}}  {value:>20}  {target}")
-    if args.json:
-        print(json.dumps(result))
+    finish("streams", "Stream subscriber, end to end (Redis Streams -> PostgreSQL -> Redis Streams)", rows, result, args.json)
     return 0 if result["exactly_once"] and exit_code == 0 else 1
 
 
