@@ -203,3 +203,16 @@ def test_runtime_from_another_feature_spec_or_action_enum_is_refused(trained, tm
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match="not a policy runtime file"):
         PolicyRuntime.load(tmp_path / "junk.npz")
+
+
+def test_small_and_large_batches_agree_row_by_row(trained):
+    # Small batches take the block-diagonal path, large ones the per-tower chunks.
+    _, _, runtime = trained
+    x = np.random.default_rng(5).normal(size=(1500, FEATURE_DIM)).astype(np.float32)
+    large = runtime.predict_batch(x)
+    for start in range(0, 1500, 50):
+        small = runtime.predict_batch(x[start : start + 50])
+        np.testing.assert_allclose(small.probabilities, large.probabilities[start : start + 50], atol=1e-6)
+        np.testing.assert_allclose(small.values, large.values[start : start + 50], atol=1e-5)
+    one = runtime.predict_batch(x[:1])
+    assert one.actions[0] == runtime.predict_vector(x[0]).action_code
