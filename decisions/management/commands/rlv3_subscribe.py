@@ -6,6 +6,7 @@ Runs until SIGTERM/SIGINT, which finish the current batch (persist, publish, ack
 
 from __future__ import annotations
 
+import gc
 import os
 
 # A decision batch is a few hundred rows: BLAS worker threads would only spin against the database
@@ -41,6 +42,10 @@ class Command(BaseCommand):
         config = ConsumerConfig.from_settings(consumer=consumer, batch=batch, block_ms=block_ms)
         subscriber = StreamConsumer(config)
         subscriber.install_signal_handlers()
+        # Everything imported so far lives as long as the process: keep it out of the garbage
+        # collector's full passes, which would otherwise walk it and stall a batch now and then.
+        gc.collect()
+        gc.freeze()
         self.stdout.write(
             f"rlv3_subscribe: consumer {config.consumer} on {config.stream_prefix}{{market.data_updated,signal.generated,"
             f"position.closed}} (batch {batch}, block {block_ms} ms{', once' if once else ''})"
