@@ -221,6 +221,10 @@ RLV3_CLAIM_IDLE_MS = env_int("RLV3_CLAIM_IDLE_MS", 30_000)
 RLV3_MAX_DELIVERIES = env_int("RLV3_MAX_DELIVERIES", 5)
 RLV3_DECISION_STREAM_MAXLEN = env_int("RLV3_DECISION_STREAM_MAXLEN", 100_000)
 RLV3_BAR_SECONDS = env_int("RLV3_BAR_SECONDS", 60)
+# Retention (manage.py rlv3_retention): decisions and experiences older than this many days are
+# archived to RLV3_ARCHIVE_DIR (CSV + sha256) and deleted.
+RLV3_RETENTION_DAYS = env_int("RLV3_RETENTION_DAYS", 365)
+RLV3_ARCHIVE_DIR = Path(os.environ.get("RLV3_ARCHIVE_DIR") or DATA_DIR / "archive")
 
 # --- logging and metrics (rlv3site/logging.py, decisions/metrics.py) ---------------------------------
 # structlog renders every line: JSON with DEBUG off, readable console lines in development.

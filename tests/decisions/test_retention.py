@@ -1,0 +1,124 @@
+"""rlv3_retention: due rows are archived (CSV + verified sha256) and deleted in batches; a decision
+and its experience go together; nothing recent, and nothing not on disk, is ever deleted."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from datetime import timedelta
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from decisions.models import Decision, DecisionSource, Experience
+from decisions.retention import retention_archive, retention_delete, verify_checksum
+
+pytestmark = pytest.mark.django_db
+
+
+def _decision(days_ago: float, symbol: str = "BTCUSDT") -> Decision:
+    return Decision.objects.create(
+        symbol=symbol, observation={"rsi": 50.0, "note": "a,\"quoted\"\nline"}, features=[0.5] * 64, action=1,
+        probabilities=[0.1, 0.5, 0.1, 0.1, 0.1, 0.1], confidence=0.5, value=0.25, model_version="3",
+        shadow_mode=True, source=DecisionSource.STREAM, created_at=timezone.now() - timedelta(days=days_ago),
+    )
+
+
+def _experience(decision: Decision, days_ago: float, pnl: float = 12.5) -> Experience:
+    return Experience.objects.create(
+        decision=decision, symbol=decision.symbol, observation=decision.observation, action=decision.action,
+        behaviour_probabilities=decision.probabilities, model_version=decision.model_version, reward=0.01,
+        pnl=pnl, roi=1.0, closed_at=timezone.now() - timedelta(days=days_ago),
+    )
+
+
+def _run(tmp_path: Path, *args: str) -> dict:
+    out = StringIO()
+    call_command("rlv3_retention", "--days", "30", "--out", str(tmp_path / "archive"), "--json", *args, stdout=out)
+    return json.loads(out.getvalue().strip().splitlines()[-1])
+
+
+def _rows(path: str) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_old_rows_are_archived_with_checksums_then_deleted(tmp_path):
+    old_unpaired = [_decision(40 + i) for i in range(5)]
+    old_paired = [_decision(50 + i) for i in range(3)]
+    old_experiences = [_experience(d, 45, pnl=float(i)) for i, d in enumerate(old_paired)]
+    old_with_fresh_outcome = _decision(60)
+    fresh_outcome = _experience(old_with_fresh_outcome, 1)
+    recent = [_decision(2), _decision(29)]
+    _experience(recent[0], 1)
+
+    summary = _run(tmp_path, "--batch", "2")
+
+    assert summary["decisions_archived"] == 8 and summary["experiences_archived"] == 3
+    assert summary["decisions_deleted"] == 8 and summary["experiences_deleted"] == 3
+    decisions_file, experiences_file = (f["path"] for f in summary["files"])
+    for f in summary["files"]:
+        data = Path(f["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == f["sha256"]
+        assert Path(f["path"] + ".sha256").read_text() == f"{f['sha256']}  {Path(f['path']).name}\n"  # sha256sum -c format
+        assert verify_checksum(Path(f["path"]))
+    archived = _rows(decisions_file)
+    assert sorted(int(r["id"]) for r in archived) == sorted(d.pk for d in old_unpaired + old_paired)
+    first = next(r for r in archived if int(r["id"]) == old_paired[0].pk)
+    assert json.loads(first["observation"]) == old_paired[0].observation  # JSON survives CSV quoting
+    assert json.loads(first["features"]) == [0.5] * 64 and first["decision_id"] == str(old_paired[0].decision_id)
+    exp_rows = _rows(experiences_file)
+    assert sorted(int(r["id"]) for r in exp_rows) == sorted(e.pk for e in old_experiences)
+    assert {int(r["decision_id"]) for r in exp_rows} == {d.pk for d in old_paired}  # archived together
+    assert sorted(float(r["pnl"]) for r in exp_rows) == [0.0, 1.0, 2.0]
+    # What stays: the recent rows, and the old decision whose outcome is recent (with that outcome).
+    assert set(Decision.objects.values_list("pk", flat=True)) == {old_with_fresh_outcome.pk, *(d.pk for d in recent)}
+    assert Experience.objects.filter(pk=fresh_outcome.pk).exists() and Experience.objects.count() == 2
+
+
+def test_a_second_run_finds_nothing(tmp_path):
+    _decision(40)
+    assert _run(tmp_path)["decisions_deleted"] == 1
+    again = _run(tmp_path)
+    assert again["decisions_archived"] == 0 and again["decisions_deleted"] == 0
+
+
+def test_dry_run_counts_and_changes_nothing(tmp_path):
+    d = _decision(40)
+    _experience(d, 35)
+    summary = _run(tmp_path, "--dry-run")
+    assert (summary["decisions_archived"], summary["experiences_archived"], summary["decisions_deleted"]) == (1, 1, 0)
+    assert Decision.objects.count() == 1 and Experience.objects.count() == 1 and not (tmp_path / "archive").exists()
+
+
+def test_a_decision_paired_after_archiving_is_kept_with_its_new_experience(tmp_path):
+    late = _decision(40)
+    other = _decision(41)
+    result = retention_archive(cutoff=timezone.now() - timedelta(days=30), out_dir=tmp_path, stamp="t")
+    assert sorted(result.decision_ids) == sorted([late.pk, other.pk])
+    new = _experience(late, 0)  # a position.closed paired it between the archive and the delete
+    retention_delete(result=result, batch=10)
+    assert result.decisions_deleted == 1 and result.kept_paired_since == 1 and result.experiences_deleted == 0
+    assert Decision.objects.filter(pk=late.pk).exists() and Experience.objects.filter(pk=new.pk).exists()
+    assert not Decision.objects.filter(pk=other.pk).exists()
+
+
+def test_a_corrupted_archive_fails_its_checksum(tmp_path):
+    _decision(40)
+    result = retention_archive(cutoff=timezone.now() - timedelta(days=30), out_dir=tmp_path, stamp="t")
+    path = Path(result.files[0].path)
+    path.write_bytes(path.read_bytes().replace(b"BTCUSDT", b"ETHUSDT"))
+    assert not verify_checksum(path)
+
+
+def test_invalid_options_are_refused(tmp_path):
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError):
+        call_command("rlv3_retention", "--days", "0", "--out", str(tmp_path))
+    with pytest.raises(CommandError):
+        call_command("rlv3_retention", "--batch", "0", "--out", str(tmp_path))
