@@ -16,7 +16,6 @@ log = logging.getLogger(__name__)
 
 # The subscriber writes one JSON heartbeat per consumer into this Redis hash (see decisions.streams).
 SUBSCRIBER_HEARTBEATS_KEY = "rlv3:subscriber:heartbeats"
-HEARTBEAT_FRESH_SECONDS = 30.0
 
 
 def decision_list() -> QuerySet[Decision]:
@@ -62,7 +61,7 @@ def subscriber_health(client=None) -> dict:
         beat["age_seconds"] = round(now - float(beat.get("ts", 0)), 3)
         consumers.append(beat)
     consumers.sort(key=lambda b: b["age_seconds"])
-    fresh = [c for c in consumers if c["age_seconds"] <= HEARTBEAT_FRESH_SECONDS]
+    fresh = [c for c in consumers if c["age_seconds"] <= settings.RLV3_SUBSCRIBER_MAX_AGE_SECONDS]
     lag = max((c.get("lag", 0) or 0 for c in fresh), default=None)
     return {
         "alive": bool(fresh),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -84,6 +85,11 @@ def run() -> int:
     _manage("migrate", "--noinput")
     _manage("collectstatic", "--noinput", "-v", "0")
     _manage("rlv3_setup")
+    # gunicorn runs several workers: Prometheus counters are summed over them through this directory.
+    metrics_dir = BASE_DIR / "data" / "prometheus"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
     honcho = [sys.executable, "-m", "honcho", "-f", str(BASE_DIR / "Procfile"), "start"]
     proc = subprocess.Popen(honcho, cwd=BASE_DIR)
     try:
