@@ -222,10 +222,10 @@ def ppo_update(policy: ActorCritic, optimizer: FlatAdam, buffer: RolloutBuffer, 
             losses.append(torch.stack((policy_loss.detach(), value_loss.detach(), entropy.detach())))
         if stop and start == 0:
             break  # no minibatch ran in this epoch; keep the previous epoch's statistics
-        done = ratios[:start] if stop else ratios
-        log_done = torch.log(done)
-        approx_kl = float(((done - 1) - log_done).mean())
-        clip_fraction = float(((done - 1).abs() > clip_range).float().mean())
+        # Diagnostics over the minibatches this epoch ran (Schulman's low-variance KL estimator).
+        seen = ratios[:start] if stop else ratios
+        approx_kl = float(((seen - 1) - torch.log(seen)).mean())
+        clip_fraction = float(((seen - 1).abs() > clip_range).float().mean())
         epochs_run += 1
         if stop:
             break
