@@ -91,12 +91,13 @@ def _database_ready(url: str) -> None:
 
 
 class Subscriber:
-    """The subscriber subprocess and its peak RSS."""
+    """One subscriber subprocess (consumer ``name`` of the group), its CPU time and peak RSS."""
 
-    def __init__(self, env: dict, batch: int, log_path: Path):
+    def __init__(self, env: dict, batch: int, log_path: Path, name: str):
+        self.name = name
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", "rlv3_subscribe", "--consumer", "bench", "--batch", str(batch), "--block-ms", "1000"],
+            [sys.executable, "manage.py", "rlv3_subscribe", "--consumer", name, "--batch", str(batch), "--block-ms", "1000"],
             cwd=BASE_DIR, env=env, stdout=self.log, stderr=subprocess.STDOUT,
         )
 
@@ -182,6 +183,7 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=1_000, help="signals per second in the lag phase")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the lag phase")
     parser.add_argument("--batch", type=int, default=500, help="subscriber --batch")
+    parser.add_argument("--consumers", type=int, default=1, help="subscriber processes sharing the consumer group")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args()
 
@@ -207,16 +209,20 @@ def main() -> int:
     client = redis.Redis.from_url(settings.REDIS_URL)
     env = {**os.environ, "RLV3_STREAM_PREFIX": prefix, "RLV3_GROUP_PREFIX": group_prefix, "PYTHONUNBUFFERED": "1",
            "LOG_LEVEL": "WARNING"}
-    log_path = BASE_DIR / "bench" / "results" / "streams-subscriber.log"
+    log_path = BASE_DIR / "bench" / "results" / "streams-subscriber-1.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
 
     # Build the payloads before timing anything: the bench measures the subscriber, not json.dumps.
     throughput_entries = _entries(args.signals, seed=1)
     lag_total = int(args.rate * args.seconds)
     lag_entries = _entries(lag_total, seed=2)
-    subscriber = Subscriber(env, args.batch, log_path)
+    subscribers = [
+        Subscriber(env, args.batch, log_path.with_name(f"streams-subscriber-{i}.log"), f"bench-{i}")
+        for i in range(1, args.consumers + 1)
+    ]
     try:
-        _wait_heartbeat(client, "bench")
+        for subscriber in subscribers:
+            _wait_heartbeat(client, subscriber.name)
         # Warm-up: the first batch pays for imports, the policy load and connection set-up.
         warm_ids = _publish_all(client, signal_stream, _entries(200, seed=0))
         _, last_seen = _collect_decisions(client, decision_stream, {i.decode() for i in warm_ids}, "0", 60)
@@ -224,7 +230,7 @@ def main() -> int:
         # 1. Throughput. CPU time is read too: on a shared machine the wall clock also measures
         # the neighbours, the CPU seconds per signal only this service.
         backends = _database_backends()
-        cpu_before = subscriber.cpu_seconds(), sum(_cpu_seconds(p) for p in backends)
+        cpu_before = sum(x.cpu_seconds() for x in subscribers), sum(_cpu_seconds(p) for p in backends)
         ids = _publish_all(client, signal_stream, throughput_entries)
         published_at = {i.decode(): _ms(i) for i in ids}
         seen, last_seen = _collect_decisions(client, decision_stream, set(published_at), last_seen, 300)
@@ -232,7 +238,7 @@ def main() -> int:
             raise SystemExit(f"only {len(seen)} of {len(published_at)} decisions arrived")
         elapsed_ms = max(seen.values()) - min(published_at.values())
         signals_per_s = len(ids) / max(elapsed_ms / 1000.0, 1e-3)
-        subscriber_cpu_us = (subscriber.cpu_seconds() - cpu_before[0]) * 1e6 / len(ids)
+        subscriber_cpu_us = (sum(x.cpu_seconds() for x in subscribers) - cpu_before[0]) * 1e6 / len(ids)
         database_cpu_us = (sum(_cpu_seconds(p) for p in backends) - cpu_before[1]) * 1e6 / len(ids)
         load_average = os.getloadavg()[0]
 
@@ -252,11 +258,11 @@ def main() -> int:
         lags = [lag_seen[k] - lag_published[k] for k in lag_seen]
         missing_lag = len(lag_published) - len(lag_seen)
 
-        peak_rss_mb = subscriber.peak_rss_mb()
+        peak_rss_mb = max(x.peak_rss_mb() for x in subscribers)
         all_ids = [i.decode() for i in warm_ids + ids + lag_ids]
         stored = Decision.objects.filter(stream_entry_id__in=all_ids, role="champion").count()
     finally:
-        exit_code = subscriber.stop()
+        exit_code = max(x.stop() for x in subscribers)
         for key in client.scan_iter(match=f"bench:{tag}:*"):
             client.delete(key)
 
@@ -280,15 +286,17 @@ def main() -> int:
         "exactly_once": stored == len(all_ids),
         "subscriber_exit_code": exit_code,
         "batch": args.batch,
+        "consumers": args.consumers,
         "database": settings.DATABASES["default"]["ENGINE"].rsplit(".", 1)[-1],
         "targets": {"signals_per_s": 5000, "lag_p99_ms": 50, "peak_rss_mb": 150},
         "machine": machine(),
     }
     rows = [
+        ("subscriber processes in the group", f"{args.consumers}", ""),
         ("throughput (entry added -> decision published)", f"{result['signals_per_s']:,.0f} signals/s", ">= 5,000"),
         (f"lag p50 at {result['lag_rate_per_s']:,.0f}/s", f"{result['lag_p50_ms']} ms", ""),
         (f"lag p99 at {result['lag_rate_per_s']:,.0f}/s", f"{result['lag_p99_ms']} ms", "<= 50 ms"),
-        ("subscriber peak RSS", f"{result['peak_rss_mb']} MB", "<= 150 MB"),
+        ("subscriber peak RSS (largest process)", f"{result['peak_rss_mb']} MB", "<= 150 MB"),
         ("CPU per signal: subscriber / its database backends",
          f"{result['subscriber_cpu_us_per_signal']} / {result['database_cpu_us_per_signal']} us", ""),
         ("machine load average (1 min) during the run", f"{result['load_average_1m']}", f"{os.cpu_count()} cores"),

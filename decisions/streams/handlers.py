@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Entry:
-    """One stream entry as read: ``fields`` is None when the entry was trimmed while pending."""
+    """One stream entry as read: ``fields`` is empty when the entry was trimmed while pending."""
 
     entry_id: str
     fields: dict | None
