@@ -25,12 +25,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+# As a script this folder is first on sys.path, where bench/http.py would shadow the standard
+# module: import from the project root instead.
+if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "bench":
+    sys.path[0] = str(ROOT)
+else:
+    sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench._common import emit_json, machine, print_table, record  # noqa: E402
+from bench._common import finish, machine  # noqa: E402
 from training.rl.config import PPOConfig  # noqa: E402
 from training.rl.data import load_dataset  # noqa: E402
 from training.rl.gym_vec import evaluate_vec_env, greedy_actions  # noqa: E402
@@ -143,7 +149,8 @@ def main() -> int:
         "eval": {"split": "validation", "episodes": args.eval_episodes},
         "machine": machine(),
     }
-    print_table(
+    return finish(
+        "ppo_throughput",
         f"PPO training on {args.dataset} ({args.n_envs} envs, {args.timesteps:,} steps, seed config)",
         [
             ("ours env-steps/s", result["ours_sps"], ""),
@@ -152,11 +159,9 @@ def main() -> int:
             ("ours eval return (validation)", result["ours_eval_return"], ">= SB3's"),
             ("SB3 eval return (validation)", result["sb3_eval_return"], ""),
         ],
+        result,
+        args.json,
     )
-    record("ppo_throughput", result)
-    if args.json:
-        emit_json(result)
-    return 0
 
 
 if __name__ == "__main__":

@@ -216,3 +216,14 @@ def test_small_and_large_batches_agree_row_by_row(trained):
         np.testing.assert_allclose(small.values, large.values[start : start + 50], atol=1e-5)
     one = runtime.predict_batch(x[:1])
     assert one.actions[0] == runtime.predict_vector(x[0]).action_code
+
+
+def test_predictions_are_ordinary_frozen_dataclasses():
+    import dataclasses
+
+    p = PolicyRuntime.untrained(0).predict({})
+    q = Prediction(action=p.action, action_code=p.action_code, confidence=p.confidence,
+                   probabilities=p.probabilities, value=p.value)
+    assert p == q and hash(p) == hash(q) and dataclasses.asdict(p) == dataclasses.asdict(q)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.action_code = 3  # type: ignore[misc]
