@@ -167,7 +167,7 @@ class ServiceCollector:
 
     # Redis: streams, dead letters, heartbeats
     def _redis_series(self):
-        from decisions.selectors import SUBSCRIBER_HEARTBEATS_KEY, redis_client
+        from decisions.selectors import SUBSCRIBER_HEARTBEATS_KEY, redis_client, stream_group_lag
         from decisions.streams import codec
 
         client = redis_client()
@@ -188,8 +188,9 @@ class ServiceCollector:
             group = codec.group_name(event_type, group_prefix)
             info = {} if isinstance(reply, Exception) else next((g for g in reply if g.get("name") == group), {})
             if info:  # no group yet (the subscriber never ran): nothing to report
-                if info.get("lag") is not None:
-                    lag.add_metric([event_type], float(info["lag"]))
+                group_lag = stream_group_lag(client, codec.stream_key(event_type, prefix), info)
+                if group_lag is not None:
+                    lag.add_metric([event_type], float(group_lag))
                 pending.add_metric([event_type], float(info.get("pending") or 0))
         yield lag
         yield pending

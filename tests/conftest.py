@@ -36,7 +36,7 @@ def _user(django_user_model, *, operator=False, superuser=False):
     else:
         user = django_user_model.objects.create_user(username=name, password="pw-123456789")
     if operator:
-        user.groups.add(Group.objects.get(name="operators"))
+        user.groups.add(Group.objects.get_or_create(name="operators")[0])
     return user
 
 

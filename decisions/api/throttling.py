@@ -73,7 +73,9 @@ class RedisRateThrottle(BaseThrottle):
         try:
             pipe = _redis().pipeline(transaction=False)
             pipe.incr(key)
-            pipe.expire(key, period + 1, nx=True)
+            # The window number is in the key, so refreshing the expiry cannot extend a window
+            # (and EXPIRE ... NX needs Redis 7; the embedded server is 6.2).
+            pipe.expire(key, period + 1)
             count = pipe.execute()[0]
         except redis.RedisError as exc:
             log.warning("throttle store unavailable, allowing the request: %s", exc.__class__.__name__)

@@ -39,7 +39,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections, connection, reset_queries
 
 from decisions import metrics
-from decisions.selectors import SUBSCRIBER_HEARTBEATS_KEY
+from decisions.selectors import SUBSCRIBER_HEARTBEATS_KEY, stream_group_lag
 from rlv3site.logging import bind_stream_batch, bind_stream_entry
 
 from . import codec
@@ -468,8 +468,8 @@ class StreamConsumer:
     def heartbeat(self, *, final: bool = False) -> dict:
         """Write this consumer's heartbeat (JSON) into the SUBSCRIBER_HEARTBEATS_KEY hash.
 
-        ``lag``: entries not yet delivered to the group, the maximum over the streams (XINFO GROUPS,
-        Redis >= 7); ``pending``: delivered but unacknowledged entries, summed over the streams.
+        ``lag``: entries not yet delivered to the group, the maximum over the streams (XINFO GROUPS
+        on Redis >= 7, counted with XRANGE on older servers); ``pending``: delivered but unacknowledged entries, summed over the streams.
         A consumer that stops cleanly removes its field.
         """
         pipe = self.redis.pipeline(transaction=False)
@@ -481,7 +481,7 @@ class StreamConsumer:
             info = {}
             if not isinstance(reply, Exception):
                 info = next((g for g in reply if _text(g.get("name")) == s.group), {})
-            lag = info.get("lag")
+            lag = stream_group_lag(self.redis, s.key, info)
             streams[s.event_type] = {
                 "lag": lag, "pending": int(info.get("pending") or 0),
                 "last_delivered_id": _text(info.get("last-delivered-id") or b"") or None,
