@@ -31,5 +31,9 @@ bench: $(VENV)/.installed-dev
 fuzz: $(STAMP)
 	RLV3_FUZZ_EXAMPLES=$${RLV3_FUZZ_EXAMPLES:-500} $(PY) -m rlv3site.launch test tests/test_fuzz_api.py -q
 
+# The full chaos run (10,000 signals; needs PostgreSQL: DATABASE_URL=postgres://...). The suite runs a small one.
+chaos: $(STAMP)
+	$(PY) bench/chaos.py --signals $${RLV3_CHAOS_SIGNALS:-10000} --seconds $${RLV3_CHAOS_SECONDS:-120}
+
 clean:
 	rm -rf $(VENV) staticfiles .pytest_cache .hypothesis

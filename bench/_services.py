@@ -63,6 +63,15 @@ def database_create(base_url: str, name: str, *, fresh: bool = True) -> str:
     return database_url_for(base_url, name)
 
 
+def database_drop(base_url: str, name: str) -> None:
+    """Drop PostgreSQL database ``name`` (closing its sessions first), if it exists."""
+    import psycopg
+
+    with psycopg.connect(database_url_for(base_url, "postgres"), autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", [name])
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
 def production_env(*, database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
     """The environment of a production-like process (DEBUG off, generated secret, local host)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "RLV3_"))}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from django.db import InterfaceError, OperationalError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -36,7 +37,18 @@ def _first_field_error(detail, prefix: str = "") -> tuple[str | None, str]:
     return (prefix or None), str(detail)
 
 
+# Retry-After of a 503 while the database is unreachable (seconds).
+DATABASE_RETRY_AFTER = 5
+
+
 def exception_handler(exc, context):
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        # The database is unreachable (connection refused or lost): the client should retry, and
+        # the answer must say so in JSON, not as an HTML 500. Other database errors stay 500s.
+        log.warning("database unavailable: %s", exc.__class__.__name__)
+        response = Response({"error": "the database is unavailable; retry shortly", "field": None}, status=503)
+        response["Retry-After"] = str(DATABASE_RETRY_AFTER)
+        return response
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
