@@ -210,10 +210,11 @@ def test_small_and_large_batches_agree_row_by_row(trained):
     _, _, runtime = trained
     x = np.random.default_rng(5).normal(size=(1500, FEATURE_DIM)).astype(np.float32)
     large = runtime.predict_batch(x)
-    for start in range(0, 1500, 50):
-        small = runtime.predict_batch(x[start : start + 50])
-        np.testing.assert_allclose(small.probabilities, large.probabilities[start : start + 50], atol=1e-6)
-        np.testing.assert_allclose(small.values, large.values[start : start + 50], atol=1e-5)
+    assert 10 <= runtime._small_batch < runtime._chunk_rows < 1500
+    for start in range(0, 1500, 10):
+        small = runtime.predict_batch(x[start : start + 10])
+        np.testing.assert_allclose(small.probabilities, large.probabilities[start : start + 10], atol=1e-6)
+        np.testing.assert_allclose(small.values, large.values[start : start + 10], atol=1e-5)
     one = runtime.predict_batch(x[:1])
     assert one.actions[0] == runtime.predict_vector(x[0]).action_code
 

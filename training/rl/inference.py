@@ -32,11 +32,12 @@ from training.rl.actions import ACTION_ENUM_SPEC, ACTION_NAMES, N_ACTIONS, Actio
 RUNTIME_FORMAT = "rlv3-ppo-runtime"
 RUNTIME_FORMAT_VERSION = 1
 METADATA_KEY = "metadata"
-# Larger batches are evaluated in chunks of this many rows so the activations stay in cache.
-_CHUNK_ROWS = 1024
-# Up to this many rows (API requests, stream batches) the block-diagonal path's fewer numpy
-# calls beat the per-tower path's fewer multiplies.
-_SMALL_BATCH = 64
+# OpenBLAS (numpy's BLAS) runs a matrix product on one thread when M*N*K <= 262144 and on all
+# cores above that. On a shared machine a multi-threaded product of these small matrices
+# collapses whenever another process holds a core (measured: 5-10x slower under load), and a
+# serving process shares its cores with other workers anyway. So batches are cut into chunks
+# whose products all stay on the single-threaded side of that threshold.
+_BLAS_SINGLE_THREAD_MNK = 262_144
 _exp = math.exp
 _dot = np.dot
 _tanh = np.tanh
@@ -196,6 +197,11 @@ class PolicyRuntime:
         self._vector_layers = [(np.ascontiguousarray(w.T), b) for w, b in
                                [(self._w0, self._b0), *self._blocks, (self._head, self._head_b)]]
         self._arrays = {k: np.array(v, dtype=np.float32) for k, v in arrays.items()}
+        # Rows per chunk (per-tower path) and the largest batch for the block-diagonal path.
+        widest_tower = max(w.shape[0] * w.shape[1] for w, _ in self._actor_layers + self._critic_layers)
+        widest_fused = max(w.shape[0] * w.shape[1] for w, _ in [(self._w0, None), *self._blocks, (self._head, None)])
+        self._chunk_rows = max(8, _BLAS_SINGLE_THREAD_MNK // widest_tower)
+        self._small_batch = max(1, _BLAS_SINGLE_THREAD_MNK // widest_fused)
         # A trading policy's codes map to Action members; a gym policy's stay plain ints.
         self._actions: tuple[Any, ...] = tuple(Action) if self.n_actions == N_ACTIONS else tuple(range(self.n_actions))
 
@@ -302,13 +308,13 @@ class PolicyRuntime:
         n = x.shape[0]
         probs = np.empty((n, self.n_actions), dtype=np.float32)
         values = np.empty(n, dtype=np.float32)
-        if n <= _SMALL_BATCH:
+        if n <= self._small_batch:  # few rows: the block-diagonal path's fewer numpy calls win
             out = self._fused(x)
             values[:] = out[:, self.n_actions]
             _softmax_into(out[:, : self.n_actions], probs)
         else:
-            for start in range(0, n, _CHUNK_ROWS):
-                stop = min(n, start + _CHUNK_ROWS)
+            for start in range(0, n, self._chunk_rows):
+                stop = min(n, start + self._chunk_rows)
                 self._forward_into(x[start:stop], probs[start:stop], values[start:stop])
         if sample:
             rng = rng or np.random.default_rng()
