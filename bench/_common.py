@@ -68,6 +68,15 @@ def record(name: str, result: dict[str, Any], path: Path = LATEST) -> None:
     os.replace(tmp, path)
 
 
+def finish(name: str, title: str, rows: Iterable[Sequence[Any]], result: dict[str, Any], as_json: bool) -> int:
+    """The end of every benchmark: the table, ``latest.json`` under ``name``, the JSON last line."""
+    print_table(title, rows)
+    record(name, result)
+    if as_json:
+        emit_json(result)
+    return 0
+
+
 def percentile_us(samples_ns: Sequence[int], q: float) -> float:
     """The q-th percentile (0-100) of nanosecond samples, in microseconds."""
     ordered = sorted(samples_ns)
