@@ -21,6 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._common import machine, record  # noqa: E402
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -125,7 +127,9 @@ def main() -> int:
         "admin_ms": {k: round(v, 1) for k, v in ours.items()},
         "admin_default_ms": {k: round(v, 1) for k, v in peer.items()},
         "admin_worst_ms": round(max(ours.values()), 1),
+        "machine": machine(),
     }
+    record("admin_scale", result)
     if args.json:
         print(json.dumps(result))
     return 0
