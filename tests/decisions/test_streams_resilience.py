@@ -250,6 +250,8 @@ class TcpProxy:
 def test_a_postgresql_outage_is_survived_with_nothing_lost(redis_client, stream_prefix, tmp_path):
     from django.db import connection
 
+    if connection.vendor != "postgresql":
+        pytest.skip("the outage is simulated on a TCP connection to PostgreSQL")
     settings_dict = connection.settings_dict
     proxy = TcpProxy((settings_dict.get("HOST") or "127.0.0.1", int(settings_dict.get("PORT") or 5432)))
     url = f"postgres://{settings_dict.get('USER') or 'postgres'}@127.0.0.1:{proxy.port}/{settings_dict['NAME']}"
