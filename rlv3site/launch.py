@@ -90,6 +90,9 @@ def run() -> int:
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
+    # The Procfile's commands run through a shell: make them find this virtualenv's python first.
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     honcho = [sys.executable, "-m", "honcho", "-f", str(BASE_DIR / "Procfile"), "start"]
     proc = subprocess.Popen(honcho, cwd=BASE_DIR)
     try:
