@@ -10,10 +10,19 @@ from decisions.models import Decision, Experience
 from training.rl.actions import ACTION_NAMES, N_ACTIONS, Action
 
 
+class _PresentCharField(forms.CharField):
+    def clean(self, value):
+        if value == "":
+            raise forms.ValidationError("must not be empty")
+        return super().clean(value)
+
+
 @extend_schema_field({"type": "string", "enum": [*ACTION_NAMES, *(str(code) for code in range(N_ACTIONS))],
                       "description": "Action name or code."})
 class ActionFilter(django_filters.CharFilter):
-    """?action=LONG or ?action=1."""
+    """?action=LONG or ?action=1 (present but empty is an error)."""
+
+    field_class = _PresentCharField
 
     def filter(self, qs, value):
         if value in (None, ""):
