@@ -25,6 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+# Run as a script, this folder is first on sys.path, where bench/http.py would shadow the standard
+# library's http: take the folder off and import the helpers as bench.*.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
