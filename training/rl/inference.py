@@ -21,8 +21,11 @@ import io
 import json
 import math
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -34,10 +37,20 @@ RUNTIME_FORMAT_VERSION = 1
 METADATA_KEY = "metadata"
 # OpenBLAS (numpy's BLAS) runs a matrix product on one thread when M*N*K <= 262144 and on all
 # cores above that. On a shared machine a multi-threaded product of these small matrices
-# collapses whenever another process holds a core (measured: 5-10x slower under load), and a
-# serving process shares its cores with other workers anyway. So batches are cut into chunks
-# whose products all stay on the single-threaded side of that threshold.
+# collapses whenever another process holds a core (measured: 5-10x slower under load, a 16 ms
+# scheduler tick per product). Large batches therefore run with OpenBLAS pinned to one thread
+# (threadpoolctl, for the duration of the call) and are split across our own threads instead;
+# without threadpoolctl they fall back to chunks small enough to stay single-threaded.
 _BLAS_SINGLE_THREAD_MNK = 262_144
+# Rows per chunk of the large-batch path: the chunk's activations (rows x 128 float32, two
+# buffers) stay in L2 while every layer runs over them.
+_CHUNK_ROWS = 1024
+# Batches up to this many rows take the block-diagonal path (fewer numpy calls); API requests
+# of one or a few observations land here.
+_SMALL_BATCH_ROWS = 16
+# From this many rows a batch is split across `PolicyRuntime.batch_threads` threads (numpy
+# releases the GIL inside BLAS and ufuncs); below it the hand-off costs more than it saves.
+_PARALLEL_MIN_ROWS = 4096
 _exp = math.exp
 _dot = np.dot
 _tanh = np.tanh
@@ -181,10 +194,6 @@ class PolicyRuntime:
         critic_w, critic_b = f32("critic_weight"), f32("critic_bias")
         self.obs_dim = int(stacked[0][0].shape[1])
         self.n_actions = int(actor_w.shape[1])
-        # Batched path: each tower as its own chain of contiguous (in, out) matrices, so every
-        # matmul is a plain BLAS call and no multiply is spent on the zero blocks.
-        self._actor_layers = [(w[0], b[0, 0]) for w, b in stacked] + [(actor_w, actor_b)]
-        self._critic_layers = [(w[1], b[1, 0]) for w, b in stacked] + [(critic_w, critic_b)]
         # Single-vector path: per-call overhead dominates, so as few numpy calls as possible —
         # layer 0 side by side (obs, 2h), later layers and the head block-diagonal.
         self._w0 = np.concatenate([stacked[0][0][0], stacked[0][0][1]], axis=1)
@@ -197,11 +206,14 @@ class PolicyRuntime:
         self._vector_layers = [(np.ascontiguousarray(w.T), b) for w, b in
                                [(self._w0, self._b0), *self._blocks, (self._head, self._head_b)]]
         self._arrays = {k: np.array(v, dtype=np.float32) for k, v in arrays.items()}
-        # Rows per chunk (per-tower path) and the largest batch for the block-diagonal path.
-        widest_tower = max(w.shape[0] * w.shape[1] for w, _ in self._actor_layers + self._critic_layers)
-        widest_fused = max(w.shape[0] * w.shape[1] for w, _ in [(self._w0, None), *self._blocks, (self._head, None)])
-        self._chunk_rows = max(8, _BLAS_SINGLE_THREAD_MNK // widest_tower)
-        self._small_batch = max(1, _BLAS_SINGLE_THREAD_MNK // widest_fused)
+        # Large batches: the folded-tanh kernel (see `_BatchKernel`), chunked and threaded.
+        self._kernel = _BatchKernel(stacked, actor_w, actor_b, critic_w, critic_b)
+        self._small_batch = _SMALL_BATCH_ROWS
+        self._chunk_rows = _CHUNK_ROWS if _blas_limiter._bind() else max(
+            8, _BLAS_SINGLE_THREAD_MNK // (self.obs_dim * 2 * int(stacked[0][0].shape[2])))
+        #: Threads one large `predict_batch` call may use (the caller plus a shared worker).
+        self.batch_threads = min(2, os.cpu_count() or 1)
+        self._local = threading.local()
         # A trading policy's codes map to Action members; a gym policy's stay plain ints.
         self._actions: tuple[Any, ...] = tuple(Action) if self.n_actions == N_ACTIONS else tuple(range(self.n_actions))
 
@@ -312,10 +324,16 @@ class PolicyRuntime:
             out = self._fused(x)
             values[:] = out[:, self.n_actions]
             _softmax_into(out[:, : self.n_actions], probs)
+        elif n < _PARALLEL_MIN_ROWS or self.batch_threads < 2:
+            with _blas_limiter.single_threaded():
+                self._run_chunks(x, probs, values)
         else:
-            for start in range(0, n, self._chunk_rows):
-                stop = min(n, start + self._chunk_rows)
-                self._forward_into(x[start:stop], probs[start:stop], values[start:stop])
+            # Split on a chunk boundary; the shared worker takes the tail, this thread the head.
+            half = -(-((n + 1) // 2) // self._chunk_rows) * self._chunk_rows
+            with _blas_limiter.single_threaded():
+                tail = _worker().submit(self._run_chunks, x[half:], probs[half:], values[half:])
+                self._run_chunks(x[:half], probs[:half], values[:half])
+                tail.result()
         if sample:
             rng = rng or np.random.default_rng()
             cdf = np.cumsum(probs, axis=1, dtype=np.float64)
@@ -338,9 +356,18 @@ class PolicyRuntime:
         out += self._head_b
         return out
 
-    def _forward_into(self, x: np.ndarray, probs_out: np.ndarray, values_out: np.ndarray) -> None:
-        _softmax_into(_mlp(x, self._actor_layers), probs_out)
-        values_out[:] = _mlp(x, self._critic_layers)[:, 0]
+    def _run_chunks(self, x: np.ndarray, probs_out: np.ndarray, values_out: np.ndarray) -> None:
+        """Forward ``x`` (N, obs_dim) chunk by chunk into ``probs_out`` / ``values_out``, with
+        this thread's work buffers."""
+        buffers = getattr(self._local, "buffers", None)
+        if buffers is None:
+            buffers = self._local.buffers = self._kernel.buffers(self._chunk_rows)
+        step = self._chunk_rows
+        for start in range(0, x.shape[0], step):
+            stop = min(x.shape[0], start + step)
+            out = self._kernel.forward(x[start:stop], buffers)
+            values_out[start:stop] = out[self.n_actions]
+            _softmax_columns_into(out[: self.n_actions], probs_out[start:stop])
 
     def __repr__(self) -> str:
         return (f"PolicyRuntime(version={self.version!r}, feature_spec_version={self.feature_spec_version!r}, "
@@ -355,23 +382,178 @@ def runtime_metadata(checkpoint_metadata: Mapping[str, Any]) -> dict[str, Any]:
     return meta
 
 
+class _BatchKernel:
+    """The network rewritten for throughput on chunks of rows; same function, float32.
+
+    tanh(a) = 1 - 2 r with r = 1 / (exp(2a) + 1). numpy's float32 exp is vectorised while its
+    tanh is about twice as slow, and exp overflowing to inf gives r = 0 (tanh = 1) exactly, so
+    no clamp is needed. The affine ``1 - 2 r`` and the factor 2 are folded into the next
+    layer's weights and biases: a hidden layer costs one product, a bias add, exp, +1 and a
+    reciprocal, all in place in preallocated buffers. Both towers' first layers share one
+    product (obs, 2h); deeper layers are one product per tower on column views (cheaper than a
+    block-diagonal product that multiplies the zero blocks); the heads are one product giving
+    the output transposed, (A+1, m), so the softmax works on contiguous rows of m values rather
+    than on m rows of A values. Deviation from np.tanh: below 3e-7 per activation.
+    """
+
+    def __init__(self, stacked: list[tuple[np.ndarray, np.ndarray]], actor_w: np.ndarray, actor_b: np.ndarray,
+                 critic_w: np.ndarray, critic_b: np.ndarray) -> None:
+        def folded(w: np.ndarray, b: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+            # x = 1 - 2r into w (in, out): x @ w + b = r @ (-2w) + (colsum(w) + b), times ``scale``.
+            w64, b64 = w.astype(np.float64), b.astype(np.float64)
+            return ((-2.0 * scale) * w64).astype(np.float32), (scale * (w64.sum(axis=0) + b64)).astype(np.float32)
+
+        w0, b0 = stacked[0]
+        self.first = (2.0 * np.concatenate([w0[0], w0[1]], axis=1)).astype(np.float32)
+        self.first_b = (2.0 * np.concatenate([b0[0, 0], b0[1, 0]])).astype(np.float32)
+        self.widths = [int(w0.shape[2])]
+        self.layers: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for w, b in stacked[1:]:
+            (wa, ba), (wc, bc) = folded(w[0], b[0, 0], 2.0), folded(w[1], b[1, 0], 2.0)
+            self.layers.append((wa, wc, np.concatenate([ba, bc])))
+            self.widths.append(int(w.shape[2]))
+        (ha, hba), (hc, hbc) = folded(actor_w, actor_b, 1.0), folded(critic_w, critic_b, 1.0)
+        self.head_t = np.ascontiguousarray(_block_diagonal(ha, hc).T)
+        self.head_b = np.concatenate([hba, hbc])[:, None]
+
+    def buffers(self, rows: int) -> list[np.ndarray]:
+        """Work buffers for chunks of up to ``rows`` rows: one per hidden layer, then the output."""
+        return [_aligned_empty((rows, 2 * h)) for h in self.widths] + [_aligned_empty((self.head_t.shape[0], rows))]
+
+    def forward(self, x: np.ndarray, buffers: list[np.ndarray]) -> np.ndarray:
+        """Logits and value stacked, transposed: (n_actions + 1, m), for x (m, obs_dim),
+        m <= rows; a view into ``buffers`` (valid until the next call)."""
+        m = x.shape[0]
+        r = buffers[0][:m]
+        np.matmul(x, self.first, out=r)
+        with np.errstate(over="ignore"):  # exp(2a) = inf for a > 44 is intended: r = 0
+            _neg_sigmoid(r, self.first_b)
+            for i, (wa, wc, b) in enumerate(self.layers):
+                h_in, h_out = self.widths[i], self.widths[i + 1]
+                nxt = buffers[i + 1][:m]
+                np.matmul(r[:, :h_in], wa, out=nxt[:, :h_out])
+                np.matmul(r[:, h_in:], wc, out=nxt[:, h_out:])
+                _neg_sigmoid(nxt, b)
+                r = nxt
+        out = buffers[-1][:, :m]
+        np.matmul(self.head_t, r.T, out=out)
+        out += self.head_b
+        return out
+
+
+def _aligned_empty(shape: tuple[int, int]) -> np.ndarray:
+    """Uninitialised float32 array starting on a 64-byte boundary. The SIMD loops of exp and
+    BLAS round differently in their unaligned prologue, so every thread's buffers share one
+    alignment to give bit-identical results whichever thread computes a row."""
+    size = shape[0] * shape[1]
+    raw = np.empty(size + 16, dtype=np.float32)
+    offset = (-raw.ctypes.data % 64) // 4
+    return raw[offset : offset + size].reshape(shape)
+
+
+def _neg_sigmoid(a: np.ndarray, bias: np.ndarray) -> None:
+    """In place: a <- 1 / (exp(a + bias) + 1)."""
+    a += bias
+    np.exp(a, out=a)
+    a += 1.0
+    np.reciprocal(a, out=a)
+
+
+class _SingleThreadedBlas:
+    """Pins numpy's OpenBLAS to one thread while any caller is inside `single_threaded`.
+
+    With OpenBLAS's pthreads layer (numpy's wheels) the thread count is process-wide, so
+    entries are counted: the first one in sets it to 1, the last one out restores it. The
+    library is located with threadpoolctl and driven through its own C entry points, because
+    threadpoolctl lets only one "controlling" Python thread change the limit. With any other
+    BLAS, or without threadpoolctl, this does nothing (`available` is False) and callers keep
+    their products below OpenBLAS's threading threshold instead.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved = 1
+        self._get: Any = None
+        self._set: Any = None
+        try:
+            import threadpoolctl  # noqa: F401
+            self.available = True
+        except ImportError:
+            self.available = False
+
+    def _bind(self) -> bool:
+        """Find numpy's OpenBLAS (once); False if it is not a pthreads OpenBLAS."""
+        if self._get is None and self.available:
+            import ctypes
+
+            from threadpoolctl import ThreadpoolController
+
+            libs = [c for c in ThreadpoolController().select(internal_api="openblas").lib_controllers
+                    if getattr(c, "threading_layer", None) == "pthreads"]
+            for lib in libs[:1]:
+                dll = ctypes.CDLL(lib.filepath)
+                for prefix, suffix in ((p, s) for p in ("", "scipy_") for s in ("", "64_", "_64")):
+                    if hasattr(dll, f"{prefix}openblas_set_num_threads{suffix}"):
+                        self._get = getattr(dll, f"{prefix}openblas_get_num_threads{suffix}")
+                        self._set = getattr(dll, f"{prefix}openblas_set_num_threads{suffix}")
+                        break
+            self.available = self._get is not None
+        return self.available
+
+    @contextmanager
+    def single_threaded(self) -> Iterator[None]:
+        if not self._bind():
+            yield
+            return
+        with self._lock:
+            if self._depth == 0:
+                self._saved = int(self._get())
+                if self._saved != 1:
+                    self._set(1)
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0 and self._saved != 1:
+                    self._set(self._saved)
+
+
+_blas_limiter = _SingleThreadedBlas()
+_worker_lock = threading.Lock()
+_worker_pool: ThreadPoolExecutor | None = None
+
+
+def _worker() -> ThreadPoolExecutor:
+    """The one shared helper thread that takes half of each large batch (created on first use)."""
+    global _worker_pool
+    with _worker_lock:
+        if _worker_pool is None:
+            _worker_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlv3-inference")
+        return _worker_pool
+
+
+def _softmax_columns_into(logits: np.ndarray, out: np.ndarray) -> None:
+    """Softmax of each column of (A, m) ``logits`` into ``out`` (m, A); ``logits`` is
+    modified. Row-wise operations over m contiguous values instead of m tiny reductions."""
+    top = np.maximum(logits[0], logits[1])
+    for row in logits[2:]:
+        np.maximum(top, row, out=top)
+    logits -= top
+    np.exp(logits, out=logits)
+    scale = logits.sum(axis=0)
+    np.reciprocal(scale, out=scale)
+    logits *= scale
+    out[:] = logits.T
+
+
 def _softmax_into(logits: np.ndarray, out: np.ndarray) -> None:
     """Row-wise softmax of (N, A) logits into ``out``; ``logits`` is modified."""
     logits -= logits.max(axis=1, keepdims=True)
     np.exp(logits, out=out)
     out /= out.sum(axis=1, keepdims=True)
-
-
-def _mlp(x: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """tanh MLP with a linear last layer; in-place after the first matmul of each layer."""
-    h = x
-    last = len(layers) - 1
-    for i, (weight, bias) in enumerate(layers):
-        h = h @ weight
-        h += bias
-        if i < last:
-            np.tanh(h, out=h)
-    return h
 
 
 def _block_diagonal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
