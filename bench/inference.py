@@ -4,7 +4,9 @@
   64-dim feature function and the network (`PolicyRuntime.predict`), one call at a time.
 - ``vector_p50_us``: the same from a ready feature vector (`predict_vector`).
 - ``batch_obs_per_s``: `predict_batch` on batches of ``--batch`` feature vectors (median of
-  the repeats).
+  the repeats), probabilities and values included, with the runtime's default threads
+  (two where the machine has them); ``batch_1thread_obs_per_s`` the same on one thread.
+  The machine is shared: ``machine.load_avg_1m`` says how busy it was.
 - ``sb3_predict_p50_us``: Stable-Baselines3's ``ActorCriticPolicy.predict(vector,
   deterministic=True)`` with the same architecture, from a ready vector, in this same run.
 
@@ -75,6 +77,17 @@ def _latencies_ns(fn, n: int, warmup: int = 2000) -> list[int]:
     return out
 
 
+def _batch_seconds(runtime: PolicyRuntime, batch: np.ndarray, repeats: int) -> list[float]:
+    """Wall seconds of each of ``repeats`` timed `predict_batch` calls (after one warm-up)."""
+    runtime.predict_batch(batch)
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        runtime.predict_batch(batch)
+        out.append(time.perf_counter() - start)
+    return out
+
+
 def _sb3_policy():
     import gymnasium as gym
     import torch
@@ -105,14 +118,12 @@ def main() -> int:
     feature_ns = _latencies_ns(lambda: features.observation_to_vector(features.validate_observation(FIELDS)), args.n)
 
     batch = np.random.default_rng(0).normal(0, 1, (args.batch, features.FEATURE_DIM)).astype(np.float32)
-    runtime.predict_batch(batch)
-    per_batch = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        runtime.predict_batch(batch)
-        per_batch.append(time.perf_counter() - start)
+    per_batch = _batch_seconds(runtime, batch, args.repeats)
     batch_obs_per_s = args.batch / statistics.median(per_batch)
     best_obs_per_s = args.batch / min(per_batch)
+    default_threads, runtime.batch_threads = runtime.batch_threads, 1
+    one_thread_obs_per_s = args.batch / statistics.median(_batch_seconds(runtime, batch, args.repeats))
+    runtime.batch_threads = default_threads
 
     import torch
 
@@ -127,7 +138,9 @@ def main() -> int:
         "features_p50_us": round(percentile_us(feature_ns, 50), 2),
         "batch_obs_per_s": round(batch_obs_per_s),
         "batch_best_obs_per_s": round(best_obs_per_s),
+        "batch_1thread_obs_per_s": round(one_thread_obs_per_s),
         "batch_size": args.batch,
+        "batch_threads": default_threads,
         "sb3_predict_p50_us": round(percentile_us(sb3_ns, 50), 2),
         "sb3_predict_p99_us": round(percentile_us(sb3_ns, 99), 2),
         "machine": machine(),
@@ -142,7 +155,9 @@ def main() -> int:
             ("vector -> decision p50 (us)", result["vector_p50_us"], ""),
             (f"batched obs/s (batch {args.batch}, median)", result["batch_obs_per_s"], ">= 2,000,000"),
             ("batched obs/s (best batch)", result["batch_best_obs_per_s"], ""),
+            ("batched obs/s (one thread, median)", result["batch_1thread_obs_per_s"], ""),
             ("SB3 predict p50 from a vector (us)", result["sb3_predict_p50_us"], "reference"),
+            ("machine load average (1 min)", result["machine"]["load_avg_1m"], f"{result['machine']['cpus']} cpus"),
         ],
         result,
         args.json,

@@ -9,6 +9,8 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from training.rl.actions import N_ACTIONS, Action
@@ -228,3 +230,80 @@ def test_predictions_are_ordinary_frozen_dataclasses():
     assert p == q and hash(p) == hash(q) and dataclasses.asdict(p) == dataclasses.asdict(q)
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.action_code = 3  # type: ignore[misc]
+
+
+def _openblas_threads() -> list[int]:
+    from threadpoolctl import ThreadpoolController
+
+    return [c.num_threads for c in ThreadpoolController().select(internal_api="openblas").lib_controllers]
+
+
+def test_large_batches_split_across_threads_match_torch_and_one_thread(trained):
+    # Above the parallel threshold the batch is cut across two threads: every row must be the
+    # torch network's answer and bit-identical to the one-thread result.
+    from training.rl import inference
+
+    net, art, _ = trained
+    runtime = PolicyRuntime.load(art.runtime_path, art.runtime_sha256)
+    n = inference._PARALLEL_MIN_ROWS + 777  # an uneven split, a partial last chunk
+    x = np.random.default_rng(6).normal(0, 1.5, (n, FEATURE_DIM)).astype(np.float32)
+    with torch.no_grad():
+        logits, values = net(torch.from_numpy(x))
+    runtime.batch_threads = 2
+    split = runtime.predict_batch(x)
+    np.testing.assert_allclose(split.probabilities, torch.softmax(logits, -1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(split.values, values.numpy(), atol=1e-5, rtol=1e-5)
+    runtime.batch_threads = 1
+    single = runtime.predict_batch(x)
+    np.testing.assert_array_equal(split.probabilities, single.probabilities)
+    np.testing.assert_array_equal(split.values, single.values)
+    np.testing.assert_array_equal(split.actions, single.actions)
+
+
+def test_saturated_activations_are_exact_and_silent(trained):
+    # Huge inputs drive every tanh to +-1: exp overflows to inf on purpose, which must give
+    # tanh = 1 exactly, no NaN and no RuntimeWarning.
+    import warnings
+
+    net, _, runtime = trained
+    x = np.random.default_rng(7).normal(0, 1e4, (3000, FEATURE_DIM)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batch = runtime.predict_batch(x)
+    with torch.no_grad():
+        logits, values = net(torch.from_numpy(x))
+    assert np.isfinite(batch.probabilities).all() and np.isfinite(batch.values).all()
+    np.testing.assert_allclose(batch.probabilities, torch.softmax(logits, -1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(batch.values, values.numpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_batches_leave_the_blas_thread_count_as_they_found_it(trained):
+    _, _, runtime = trained
+    before = _openblas_threads()
+    x = np.random.default_rng(8).normal(size=(9000, FEATURE_DIM)).astype(np.float32)
+    threads = [threading.Thread(target=runtime.predict_batch, args=(x,)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    runtime.predict_batch(x)
+    for t in threads:
+        t.join()
+    assert _openblas_threads() == before
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 2600), seed=st.integers(0, 2**16))
+def test_each_row_is_decided_independently_of_the_batch_it_is_in(n, seed):
+    # Whatever the batch size (small path, chunked path, partial chunks), a row's decision is
+    # the single-vector path's decision for it.
+    runtime = _SHARED_RUNTIME
+    x = np.random.default_rng(seed).normal(0, 2.0, (n, FEATURE_DIM)).astype(np.float32)
+    batch = runtime.predict_batch(x)
+    for i in {0, n // 2, n - 1}:
+        single = runtime.predict_vector(x[i])
+        np.testing.assert_allclose(batch.probabilities[i], single.probabilities, atol=2e-6)
+        assert batch.values[i] == pytest.approx(single.value, abs=1e-5)
+    np.testing.assert_allclose(batch.probabilities.sum(1), 1.0, atol=1e-6)
+
+
+# Perturbed weights, so probabilities are far from uniform and rows differ clearly.
+_SHARED_RUNTIME = PolicyRuntime(_policy(11).export_arrays(), {})
