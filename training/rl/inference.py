@@ -163,7 +163,8 @@ class PolicyRuntime:
 
     Attributes: ``version`` (registry version if recorded, else None), ``feature_spec_version``
     (None for gym policies), ``source_path``, ``sha256`` (of the runtime file), ``metadata``,
-    ``obs_dim``, ``n_actions``.
+    ``obs_dim``, ``n_actions``, ``batch_threads`` (threads a `predict_batch` of at least
+    4096 rows may use; default 2 where the machine has them, settable).
     """
 
     def __init__(self, arrays: Mapping[str, np.ndarray], metadata: Mapping[str, Any], *,
