@@ -721,17 +721,13 @@ def _training_data(run: TrainingRun) -> tuple[Any, list, list[str]]:
 def ppo_config_for(*, timesteps: int, overrides: dict | None = None):
     """PPO hyperparameters for a trading run of `timesteps` env steps.
 
-    8 parallel accounts; the rollout per environment (n_steps) shrinks for short runs so even a
-    2,048-step run gets several updates, and grows to 256 for long ones. `overrides` (a run's
+    The trading preset of training.rl.config.config_for_trading (8 parallel accounts, rollout
+    length scaled to the run, the settings selected on the validation split); `overrides` (a run's
     ``config["ppo"]``) win.
     """
-    from training.rl.config import PPOConfig
+    from training.rl.config import config_for_trading
 
-    n_envs = 8
-    per_env = max(1, timesteps // (n_envs * 8))  # aim for at least ~8 updates
-    n_steps = int(min(256, max(32, 2 ** int(math.log2(per_env)))))
-    base = {"n_envs": n_envs, "n_steps": n_steps, "batch_size": min(256, n_steps * n_envs), "n_epochs": 10}
-    return PPOConfig.from_dict({**base, **(overrides or {})})
+    return config_for_trading(timesteps, **(overrides or {}))
 
 
 def _train(*, run: TrainingRun, monitor: RunMonitor, staging: Path, progress_file: Any = None) -> Trained:
