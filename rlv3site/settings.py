@@ -214,7 +214,7 @@ RLV3_MAX_BATCH = 1024
 RLV3_GATE_MIN_SHARPE_GAIN = env_float("RLV3_GATE_MIN_SHARPE_GAIN", 0.0)
 RLV3_GATE_MAX_DRAWDOWN = env_float("RLV3_GATE_MAX_DRAWDOWN", 0.25)
 RLV3_DEFAULT_DATASET = os.environ.get("RLV3_DEFAULT_DATASET", "eurusd_1h")
-RLV3_DEFAULT_TIMESTEPS = env_int("RLV3_DEFAULT_TIMESTEPS", 50_000)
+RLV3_DEFAULT_TIMESTEPS = env_int("RLV3_DEFAULT_TIMESTEPS", 150_000)
 # Training runs: a running run writes its heartbeat and progress every RLV3_HEARTBEAT_SECONDS;
 # the sweeper fails a running run whose heartbeat is older than RLV3_RUN_STALE_SECONDS (worker lost).
 RLV3_HEARTBEAT_SECONDS = env_float("RLV3_HEARTBEAT_SECONDS", 2.0)
