@@ -30,7 +30,8 @@ BENCHMARKS = [
     ("env", "env.py", [], ["scalar_steps_per_s", "vector_steps_per_s"]),
     ("inference", "inference.py", [], ["p50_us", "p99_us", "batch_obs_per_s", "sb3_predict_p50_us"]),
     ("ppo_throughput", "ppo_throughput.py", [], ["ours_sps", "sb3_sps", "ratio", "ours_eval_return", "sb3_eval_return"]),
-    ("streams", "streams.py", [], ["signals_per_s", "lag_p50_ms", "lag_p99_ms", "peak_rss_mb"]),
+    # Two subscriber processes in one consumer group: how the subscriber scales (one alone: ~4,000/s).
+    ("streams", "streams.py", ["--consumers", "2"], ["signals_per_s", "lag_p50_ms", "lag_p99_ms", "peak_rss_mb"]),
     ("http", "http.py", [], ["predict_rps", "predict_p50_ms", "predict_p99_ms", "errors", "batch_obs_per_s", "worker_peak_rss_mb"]),
     ("admin_scale", "admin_scale.py", ["--rows", "1000000", "--repeat", "3"], ["admin_worst_ms"]),
 ]
