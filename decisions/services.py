@@ -34,8 +34,9 @@ def shadow_mode_state() -> ShadowModeState:
     return state
 
 
-def shadow_mode_set(*, enabled: bool, user=None, reason: str = "", via: str = "api") -> ShadowModeState:
-    """Change shadow mode, recording who, when, old -> new and why. A no-op change is still audited."""
+def shadow_mode_set(*, enabled: bool, user=None, reason: str = "", via: str = "api") -> ShadowModeChange:
+    """Change shadow mode, recording who, when, old -> new and why; returns that audit row.
+    A no-op change is still audited."""
     with transaction.atomic():
         shadow_mode_state()
         state = ShadowModeState.objects.select_for_update().get(pk=1)
@@ -43,13 +44,13 @@ def shadow_mode_set(*, enabled: bool, user=None, reason: str = "", via: str = "a
         state.enabled = enabled
         state.updated_at = timezone.now()
         state.save(update_fields=["enabled", "updated_at"])
-        ShadowModeChange.objects.create(
+        change = ShadowModeChange.objects.create(
             changed_by=user if getattr(user, "is_authenticated", False) else None,
             old_value=old, new_value=enabled, reason=reason, via=via,
         )
     log.info("shadow mode %s -> %s by %s: %s", old, enabled, getattr(user, "username", None), reason)
     policy_server().shadow_mode_note(enabled)
-    return state
+    return change
 
 
 # --- decisions ----------------------------------------------------------------------------------

@@ -11,8 +11,28 @@ from . import services
 from .models import AliasChange, ModelAlias, ModelVersion, TrainingRun
 
 
+class RegistryAdmin(HistoryAdmin):
+    """Read-only registry rows with readable metrics and config, and operator-only actions."""
+
+    @admin.display(description="metrics")
+    def metrics_pretty(self, obj):
+        return pretty_json(obj.metrics)
+
+    @admin.display(description="config")
+    def config_pretty(self, obj):
+        return pretty_json(obj.config)
+
+    def operator_allowed(self, request) -> bool:
+        from decisions.api.permissions import is_operator
+
+        if is_operator(request.user):
+            return True
+        self.message_user(request, "operator permission required", level=messages.ERROR)
+        return False
+
+
 @admin.register(ModelVersion)
-class ModelVersionAdmin(HistoryAdmin):
+class ModelVersionAdmin(RegistryAdmin):
     list_display = ("version", "alias_names", "val_sharpe", "val_return", "val_drawdown", "dataset", "created_at", "gate_decision")
     list_filter = ("dataset", "feature_spec_version")
     search_fields = ("=version", "dataset", "code_version")
@@ -44,20 +64,9 @@ class ModelVersionAdmin(HistoryAdmin):
     def val_drawdown(self, obj):
         return self._val(obj, "max_drawdown")
 
-    @admin.display(description="metrics")
-    def metrics_pretty(self, obj):
-        return pretty_json(obj.metrics)
-
-    @admin.display(description="config")
-    def config_pretty(self, obj):
-        return pretty_json(obj.config)
-
     @admin.action(description="Promote to champion (or roll back to it)")
     def promote_to_champion(self, request, queryset):
-        from decisions.api.permissions import is_operator
-
-        if not is_operator(request.user):
-            self.message_user(request, "operator permission required", level=messages.ERROR)
+        if not self.operator_allowed(request):
             return
         if queryset.count() != 1:
             self.message_user(request, "select exactly one version", level=messages.ERROR)
@@ -83,7 +92,7 @@ class AliasChangeAdmin(HistoryAdmin):
 
 
 @admin.register(TrainingRun)
-class TrainingRunAdmin(HistoryAdmin):
+class TrainingRunAdmin(RegistryAdmin):
     list_display = ("id", "kind", "dataset", "seed", "status", "progress_pct", "timesteps_done", "timesteps", "recent_mean_reward", "parent", "created_at", "finished_at")
     list_filter = ("status", "kind", "dataset")
     search_fields = ("=id", "dataset", "celery_task_id", "worker")
@@ -117,20 +126,9 @@ class TrainingRunAdmin(HistoryAdmin):
     def log_dir(self, obj):
         return f"tensorboard --logdir {services.run_log_dir(obj.pk)}"
 
-    @admin.display(description="metrics")
-    def metrics_pretty(self, obj):
-        return pretty_json(obj.metrics)
-
-    @admin.display(description="config")
-    def config_pretty(self, obj):
-        return pretty_json(obj.config)
-
     @admin.action(description="Cancel (mark failed; a running run stops at its next update)")
     def cancel_runs(self, request, queryset):
-        from decisions.api.permissions import is_operator
-
-        if not is_operator(request.user):
-            self.message_user(request, "operator permission required", level=messages.ERROR)
+        if not self.operator_allowed(request):
             return
         cancelled = [run.pk for run in queryset if services.training_run_cancel(run=run, user=request.user)]
         self.message_user(request, f"cancelled runs {cancelled}" if cancelled else "no queued or running run selected")

@@ -19,7 +19,7 @@ from decisions.api.pagination import CursorPagination
 from decisions.api.schema import predict_request_schema, predict_response_schema
 from decisions.api.parsers import JSONAsFormParser, StrictJSONParser
 from decisions.api.permissions import IsOperator
-from decisions.models import Experience, ShadowModeChange
+from decisions.models import Experience
 from decisions.serving import policy_server
 from training import selectors as training_selectors
 from training import services as training_services
@@ -186,10 +186,8 @@ class ShadowModeView(APIView):
             merged["reason"] = request.query_params["reason"]
         req = s.ShadowModeRequestSerializer(data=merged)
         req.is_valid(raise_exception=True)
-        previous = services.shadow_mode_state().enabled
-        state = services.shadow_mode_set(enabled=req.validated_data["enabled"], user=request.user, reason=req.validated_data["reason"])
-        change = ShadowModeChange.objects.select_related("changed_by").first()
-        return Response({"shadow_mode": state.enabled, "previous": previous, "change": s.ShadowModeChangeSerializer(change).data})
+        change = services.shadow_mode_set(enabled=req.validated_data["enabled"], user=request.user, reason=req.validated_data["reason"])
+        return Response({"shadow_mode": change.new_value, "previous": change.old_value, "change": s.ShadowModeChangeSerializer(change).data})
 
 
 class DecisionListView(generics.ListAPIView):
