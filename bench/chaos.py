@@ -550,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drop-database", action="store_true", help="Drop the run's database afterwards.")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--no-record", action="store_true", help="Leave bench/results/latest.json alone (the test suite's small run).")
     args = parser.parse_args(argv)
     args.setup_offset = 0.0
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rlv3site.settings")
@@ -574,7 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(f"chaos run: {result['signals']} signals", rows, headers=("measure", "value"))
     summary = {k: v for k, v in result.items() if k not in ("events",)}
     summary["machine"] = machine()
-    record("chaos", summary)
+    if not args.no_record:
+        record("chaos", summary)
     if args.json:
         emit_json(summary)
     ok = result["lost"] == 0 and result["duplicated"] == 0 and result["poison_dead_lettered"] == result["poison_sent"] \

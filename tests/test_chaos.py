@@ -25,7 +25,7 @@ def chaos_result() -> dict:
     if not database_url.startswith("postgres"):
         pytest.skip("the chaos run needs PostgreSQL (DATABASE_URL=postgres://...)")
     argv = [sys.executable, "bench/chaos.py", "--signals", os.environ.get("RLV3_CHAOS_SIGNALS", "400"), "--seconds", "25",
-            "--cut-seconds", "5", "--database", f"rlv3_chaos_ci_{os.getpid()}", "--drop-database", "--json"]
+            "--cut-seconds", "5", "--database", f"rlv3_chaos_ci_{os.getpid()}", "--drop-database", "--no-record", "--json"]
     out = subprocess.run(argv, cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True, timeout=1500)
     lines = out.stdout.strip().splitlines()
     assert lines, out.stderr[-4000:]
