@@ -168,8 +168,10 @@ class Service:
             return []
 
 
-def gunicorn(port: int, *, env: dict[str, str], log_path: Path, workers: int = 2, threads: int = 1) -> Service:
+def gunicorn(port: int, *, env: dict[str, str], log_path: Path, workers: int = 2, threads: int = 1,
+             worker_class: str | None = None) -> Service:
+    worker_class = worker_class or ("gthread" if threads > 1 else "sync")
     argv = [PY, "-m", "gunicorn", "rlv3site.wsgi:application", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-            "--worker-class", "gthread" if threads > 1 else "sync", "--threads", str(threads), "--backlog", "2048",
+            "--worker-class", worker_class, "--threads", str(threads), "--backlog", "2048",
             "--timeout", "60", "--graceful-timeout", "10"]
     return Service("web", argv, env=env, log_path=log_path)

@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="Duration of each load phase.")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default: one per core).")
-    parser.add_argument("--threads", type=int, default=1, help="Threads per worker (1: sync workers).")
+    parser.add_argument("--threads", type=int, default=1, help="Threads per worker.")
+    parser.add_argument("--worker-class", choices=("sync", "gthread"), default=None,
+                        help="gunicorn worker class (default: sync with one thread, else gthread; gthread keeps connections alive).")
     parser.add_argument("--connections", type=int, default=8, help="Concurrent connections for single predictions.")
     parser.add_argument("--batch", type=int, default=1024, help="Observations per batch request.")
     parser.add_argument("--json", action="store_true", help="Print one JSON object as the last line.")
@@ -156,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     batch.write_text(json.dumps({"observations": [observation(rng) for _ in range(args.batch)]}))
 
     port = free_port()
-    web = gunicorn(port, env=env, log_path=work / "gunicorn.log", workers=args.workers, threads=args.threads).start()
+    web = gunicorn(port, env=env, log_path=work / "gunicorn.log", workers=args.workers, threads=args.threads,
+                   worker_class=args.worker_class).start()
     results: dict[str, dict] = {}
     try:
         wait_port(port, proc=web.proc)

@@ -209,6 +209,8 @@ RLV3_SHADOW_MODE_CACHE_SECONDS = env_float("RLV3_SHADOW_MODE_CACHE_SECONDS", 1.0
 # How long a process reuses a token's user before looking the token up again (seconds; 0: never).
 RLV3_TOKEN_CACHE_SECONDS = env_float("RLV3_TOKEN_CACHE_SECONDS", 5.0)
 RLV3_MAX_BATCH = 1024
+# Throttle slots a process reserves per Redis call (decisions.api.throttling; at most 1 % of a limit).
+RLV3_THROTTLE_LEASE = env_int("RLV3_THROTTLE_LEASE", 100)
 # Promotion gate: a challenger must beat the champion's validation Sharpe by this margin
 # and stay within the drawdown limit.
 RLV3_GATE_MIN_SHARPE_GAIN = env_float("RLV3_GATE_MIN_SHARPE_GAIN", 0.0)

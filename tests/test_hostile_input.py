@@ -244,10 +244,12 @@ def test_injection_strings_in_bodies_are_data(operator_api, operator):
 @pytest.fixture
 def tight_rates(settings, redis_client):
     """predict 3 and train 1 per day (a window that cannot roll over mid-test in practice)."""
-    from decisions.api.throttling import KEY_PREFIX
+    from decisions.api.throttling import KEY_PREFIX, leases_clear
 
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"predict": "3/day", "train": "1/day"}}
+    leases_clear()
     yield
+    leases_clear()
     for key in redis_client.scan_iter(match=f"{KEY_PREFIX}:*"):
         redis_client.delete(key)
 
@@ -305,6 +307,58 @@ def test_throttle_counts_are_shared_across_processes(reader, tight_rates, settin
     out = subprocess.run([sys.executable, "-c", script], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1].startswith("refused"), out.stdout
+
+
+def test_throttle_leases_never_let_two_processes_exceed_the_limit(settings, redis_client):
+    """Slots are reserved from Redis in leases (1 % of the limit). Two processes (the second
+    simulated by swapping this process's lease table) share one window: together they are allowed
+    at most the limit, each alone is refused only once the count in Redis is used up, and Redis
+    saw one reservation per lease, not one per request."""
+    from decisions.api import throttling
+
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"predict": "1000/day"}}
+    assert [throttling.lease_size(n) for n in (3, 199, 1000, 50_000, 10**8)] == [1, 1, 10, 100, 100]
+    identity = f"t:test-{uuid.uuid4().hex}"
+    tables = [{}, {}]
+    allowed = [0, 0]
+    try:
+        for i in range(1500):
+            p = i % 2
+            throttling._leases, saved = tables[p], throttling._leases
+            if throttling.consume("predict", identity) is None:
+                allowed[p] += 1
+            tables[p], throttling._leases = throttling._leases, saved
+        assert sum(allowed) == 1000 and min(allowed) == 500  # every slot used: the leases ran out evenly
+        # Refused from then on, with the seconds to the window's end.
+        wait = throttling.consume("predict", identity)
+        assert wait is not None and 1 <= wait <= 86400
+        counted = [int(v) for k, v in ((k, redis_client.get(k)) for k in redis_client.scan_iter(match=f"*{identity}*"))]
+        assert counted and counted[0] >= 1000 and counted[0] % 10 == 0  # reserved 10 at a time
+    finally:
+        throttling.leases_clear()
+        for key in redis_client.scan_iter(match=f"*{identity}*"):
+            redis_client.delete(key)
+
+
+def test_throttle_lease_left_in_one_process_is_not_given_to_another(settings, redis_client):
+    """A process that reserved a lease keeps its unused slots: another process is refused once
+    Redis's count reaches the limit, even though fewer requests were served (never more)."""
+    from decisions.api import throttling
+
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"predict": "200/day"}}
+    identity = f"t:test-{uuid.uuid4().hex}"
+    try:
+        first = {}
+        throttling._leases, saved = first, throttling._leases
+        assert throttling.consume("predict", identity) is None  # reserves 2 slots, uses 1
+        throttling._leases = {}
+        served = sum(throttling.consume("predict", identity) is None for _ in range(300))
+        throttling._leases = saved
+        assert served == 198  # 200 - the first process's lease of 2
+    finally:
+        throttling.leases_clear()
+        for key in redis_client.scan_iter(match=f"*{identity}*"):
+            redis_client.delete(key)
 
 
 def test_redis_keys_of_the_throttle_hold_no_token(reader, tight_rates, redis_client):

@@ -39,6 +39,7 @@ def _first_field_error(detail, prefix: str = "") -> tuple[str | None, str]:
 
 # Retry-After of a 503 while the database is unreachable (seconds).
 DATABASE_RETRY_AFTER = 5
+DATABASE_UNAVAILABLE = {"error": "the database is unavailable; retry shortly", "field": None}
 
 
 def exception_handler(exc, context):
@@ -46,7 +47,7 @@ def exception_handler(exc, context):
         # The database is unreachable (connection refused or lost): the client should retry, and
         # the answer must say so in JSON, not as an HTML 500. Other database errors stay 500s.
         log.warning("database unavailable: %s", exc.__class__.__name__)
-        response = Response({"error": "the database is unavailable; retry shortly", "field": None}, status=503)
+        response = Response(DATABASE_UNAVAILABLE, status=503)
         response["Retry-After"] = str(DATABASE_RETRY_AFTER)
         return response
     response = drf_exception_handler(exc, context)

@@ -57,6 +57,64 @@ def test_predict_is_deterministic_for_the_same_observation(reader_api):
     assert first["action"] == second["action"] and first["probabilities"] == second["probabilities"]
 
 
+def test_fast_path_answers_like_drf_dispatch(reader_api, monkeypatch):
+    """A token-authenticated JSON call is answered by decisions.api.fastpath without DRF's dispatch;
+    the same body sent as curl's form content type goes through DRF. Both answer alike, and both
+    store their decision."""
+    from rest_framework.views import APIView
+
+    through_drf = []
+    full_dispatch = APIView.dispatch
+
+    def counting_dispatch(self, request, *args, **kwargs):
+        through_drf.append(request.META.get("CONTENT_TYPE"))
+        return full_dispatch(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(APIView, "dispatch", counting_dispatch)
+    fast = reader_api.generic("POST", API + "predict", SEED_BODY, content_type="application/json")
+    full = reader_api.generic("POST", API + "predict", SEED_BODY, content_type="application/x-www-form-urlencoded")
+    assert through_drf == ["application/x-www-form-urlencoded"]
+    assert fast.status_code == full.status_code == 200
+    assert fast["Content-Type"] == full["Content-Type"] == "application/json"
+    assert fast["Allow"] == full["Allow"] and fast["Vary"] == full["Vary"]
+    a, b = fast.json(), full.json()
+    assert a.keys() == b.keys() and a["decision_id"] != b["decision_id"]
+    assert {k: a[k] for k in a if k != "decision_id"} == {k: b[k] for k in b if k != "decision_id"}
+    stored = {str(d.decision_id): d for d in Decision.objects.all()}
+    assert set(stored) == {a["decision_id"], b["decision_id"]}
+    assert stored[a["decision_id"]].features == stored[b["decision_id"]].features
+    assert stored[a["decision_id"]].probabilities == pytest.approx(list(a["probabilities"].values()))
+
+    # Batches take it too; anything malformed falls through to DRF for its error answer.
+    batch = reader_api.post(API + "predict", {"observations": [{"rsi": 10}, {"rsi": 90}]}, format="json")
+    assert batch.status_code == 200 and len(batch.json()) == 2 and len(through_drf) == 1
+    bad = reader_api.post(API + "predict", {"observations": [{"rsi": 10}, {"rsi": "high"}]}, format="json")
+    assert bad.status_code == 400 and bad.json()["field"] == "observations[1].rsi" and len(through_drf) == 2
+    assert Decision.objects.count() == 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_fast_path_answers_503_when_the_database_is_unreachable(reader_api):
+    """With PostgreSQL unreachable the prediction is a JSON 503 with Retry-After, not a 500."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL (the port is pointed at a closed one)")
+    assert reader_api.post(API + "predict", {"rsi": 50}, format="json").status_code == 200  # token cached
+    port = connection.settings_dict["PORT"]
+    connection.close()
+    connection.settings_dict["PORT"] = "1"  # nothing listens there
+    try:
+        response = reader_api.post(API + "predict", {"rsi": 50}, format="json")
+    finally:
+        connection.close()
+        connection.settings_dict["PORT"] = port
+    assert response.status_code == 503, response.content
+    assert response.json() == {"error": "the database is unavailable; retry shortly", "field": None}
+    assert response["Retry-After"] == "5"
+    assert Decision.objects.count() == 1
+
+
 def test_status_has_seed_and_service_fields(reader_api):
     body = reader_api.get(API + "status").json()
     for key in ("active", "shadow_mode", "model_loaded", "experiences_collected", "model_path",
