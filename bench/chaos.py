@@ -372,7 +372,16 @@ class Chaos:
         self.subscriber.start()
         os.kill(self.web.pid, signal.SIGHUP)  # gunicorn: replace the workers
         time.sleep(5)
-        _, status = self.http("GET", API + "status")
+        # The database cut may fall here (status answers 503 then): ask until status can answer.
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                code, status = self.http("GET", API + "status")
+            except OSError:  # web restarting its workers
+                code, status = 0, {}
+            if code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         result.update(
             corrupted_version=new_version, promote_status=code, champion_version=status.get("champion_version"),
             served_after_corruption=status.get("served_version"), load_error=status.get("load_error", ""),

@@ -37,7 +37,7 @@ class _State:
     checked_at: float = float("-inf")
     aliases: dict = field(default_factory=dict)
     refused: dict = field(default_factory=dict)  # version -> reason it was refused
-    last_error: str = ""
+    registry_error: str = ""  # why the last alias read failed; cleared by the next one that works
 
 
 class PolicyServer:
@@ -90,11 +90,22 @@ class PolicyServer:
             "served_version": champion.version,
             "model_path": champion.path,
             "challenger_version": challenger.version if challenger else None,
-            "load_error": self._state.last_error,
+            "load_error": self._load_error(),
             "refused_versions": dict(self._state.refused),
         }
 
     # -- internals -----------------------------------------------------------------------------
+    def _load_error(self) -> str:
+        """What stands between the registry and what is served now: the registry being unreachable,
+        and the champion or challenger version named by the aliases being refused."""
+        state = self._state
+        errors = [state.registry_error] if state.registry_error else []
+        for name in ("champion", "challenger"):
+            wanted = state.aliases.get(name)
+            if wanted is not None and str(wanted) in state.refused:
+                errors.append(f"v{wanted} refused: {state.refused[str(wanted)]}")
+        return "; ".join(errors)
+
     def _maybe_refresh(self) -> None:
         if time.monotonic() - self._state.checked_at < self._poll:
             return
@@ -113,6 +124,7 @@ class PolicyServer:
         self._state.checked_at = time.monotonic()
         try:
             aliases = alias_versions()
+            self._state.registry_error = ""
             if aliases == self._state.aliases and self._state.champion is not None:
                 return
             wanted = aliases.get(AliasName.CHAMPION)
@@ -138,7 +150,7 @@ class PolicyServer:
             )
             self._state.champion, self._state.challenger, self._state.aliases = champion, challenger, aliases
         except DatabaseError as exc:
-            self._state.last_error = f"registry unavailable: {exc}"
+            self._state.registry_error = f"registry unavailable: {exc}"
             log.warning("policy refresh failed: %s", exc)
 
     def _load(self, version) -> ServedPolicy | None:
@@ -150,10 +162,8 @@ class PolicyServer:
         try:
             runtime = PolicyRuntime.load(version.runtime_path, expected_sha256=version.runtime_sha256)
         except Exception as exc:  # refused (sha256, spec) or unreadable: never serve it
-            reason = f"v{version.version} refused: {exc}"
             self._state.refused[str(version.version)] = str(exc)
-            self._state.last_error = reason
-            log.error("model %s", reason)
+            log.error("model v%s refused: %s", version.version, exc)
             return None
         served = ServedPolicy(runtime=runtime, version=str(version.version), loaded=True, path=version.artifact_path)
         self._cache[version.version] = served

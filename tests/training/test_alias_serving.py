@@ -31,3 +31,47 @@ def test_promotion_and_rollback_are_served_by_the_running_process(tmp_path, sett
     back = api.post(API + "predict", OBSERVATION, format="json").json()
     assert back["model_version"] == str(first.version)
     assert back["probabilities"] == answer["probabilities"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_status_names_the_refused_champion_and_recovers_after_a_registry_outage(tmp_path, settings, reader):
+    """A promoted champion whose artifact fails its sha256 is refused and the previous one served;
+    status says why. While PostgreSQL is unreachable it says that too, and once the registry
+    answers again only the refusal is left (a cleared outage is not reported forever)."""
+    from pathlib import Path
+
+    from django.db import connection
+
+    from decisions.serving import policy_server
+
+    if connection.vendor != "postgresql":
+        pytest.skip("points the PostgreSQL connection at a closed port")
+    settings.RLV3_MODEL_POLL_SECONDS = 0.0
+    api = token_client(reader)
+    first = policy_version(tmp_path, seed=1, sharpe=0.1)
+    model_version_gate(version=first)
+    assert api.post(API + "predict", OBSERVATION, format="json").json()["model_version"] == str(first.version)
+    second = policy_version(tmp_path, seed=2, sharpe=2.0)
+    Path(second.runtime_path).write_bytes(b"not the file that was registered")
+    model_version_gate(version=second)  # promoted on its metrics; the file no longer matches
+
+    status = api.get(API + "status").json()
+    assert status["champion_version"] == second.version and status["served_version"] == str(first.version)
+    refusal = f"v{second.version} refused: sha256 mismatch"
+    assert status["load_error"].startswith(refusal), status["load_error"]
+
+    port = connection.settings_dict["PORT"]
+    connection.close()
+    connection.settings_dict["PORT"] = "1"  # nothing listens there
+    try:
+        policy_server().refresh()
+        during = policy_server().describe()
+    finally:
+        connection.close()
+        connection.settings_dict["PORT"] = port
+    assert during["load_error"].startswith("registry unavailable") and refusal in during["load_error"]
+    assert during["served_version"] == str(first.version)
+
+    status = api.get(API + "status").json()
+    assert status["load_error"].startswith(refusal) and "registry" not in status["load_error"], status["load_error"]
+    assert status["served_version"] == str(first.version)
