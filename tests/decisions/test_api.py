@@ -124,6 +124,34 @@ def test_status_has_seed_and_service_fields(reader_api):
     assert body["experiences_collected"] == 0
 
 
+@pytest.mark.django_db(transaction=True)
+def test_status_counts_a_large_table_from_statistics_not_by_scanning_it(reader_api):
+    """Above 10,000 rows status reads PostgreSQL's live-row count instead of COUNT(*)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from decisions.selectors import EXACT_COUNT_MAX
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL statistics")
+    rows = EXACT_COUNT_MAX + 2_345
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO decisions_decision (decision_id, symbol, observation, features, feature_spec_version, action,"
+            " probabilities, confidence, value, model_version, role, shadow_mode, source, created_at)"
+            " SELECT gen_random_uuid(), 'BTCUSDT', '{}', '[]', '', 0, '[1, 0, 0, 0, 0, 0]', 1, 0, 'untrained',"
+            " 'champion', true, 'api', now() FROM generate_series(1, %s)",
+            [rows],
+        )
+        cursor.execute("SELECT pg_stat_force_next_flush()")  # report this commit's counts now
+    with CaptureQueriesContext(connection) as queries:
+        body = reader_api.get(API + "status").json()
+    assert body["decisions_total"] == rows
+    assert body["experiences_collected"] == 0  # a small table: counted exactly
+    counted = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
+    assert counted and not any("decisions_decision" in sql for sql in counted), counted
+
+
 def test_shadow_mode_seed_query_is_persisted_and_audited(operator_api, operator):
     response = operator_api.post(API + "shadow_mode?enabled=false&reason=going+live")
     assert response.status_code == 200, response.content
