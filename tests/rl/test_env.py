@@ -107,7 +107,8 @@ def test_accounting_identities_hold_for_any_actions_and_prices(path_actions, con
             elif pos1 == pos0:
                 assert sign * pos0 > 0 or available <= 0  # already at size: a top-up only when it is worth it
 
-        cooldown = config.cooldown_bars if action == Action.EMERGENCY_FLATTEN else max(cooldown - 1, 0)
+        flattened = action == Action.EMERGENCY_FLATTEN and pos0 != 0.0
+        cooldown = config.cooldown_bars if flattened else max(cooldown - 1, 0)
         if terminated or truncated:
             break
 
@@ -187,6 +188,16 @@ def test_emergency_flatten_blocks_entries_for_the_cooldown():
     assert env.observation_fields()["cooldown_remaining"] == 0.0
     _, _, _, _, info = env.step(Action.SHORT)
     assert info["position"] < 0.0
+
+
+def test_emergency_flatten_from_flat_acts_as_hold_and_blocks_nothing():
+    config = EnvConfig(cooldown_bars=3)
+    env, *_ = _pinned_env([100.0] * 10, config)
+    _, reward, _, _, info = env.step(Action.EMERGENCY_FLATTEN)
+    assert info["position"] == 0.0 and info["fees"] == 0.0 and info["n_trades"] == 0 and reward == 0.0
+    assert env.observation_fields()["cooldown_remaining"] == 0.0
+    _, _, _, _, info = env.step(Action.LONG)  # the next bar: entries are open
+    assert info["position"] > 0.0
 
 
 def test_never_trading_earns_exactly_zero_every_step(googl):

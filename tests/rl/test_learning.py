@@ -50,14 +50,26 @@ def test_trading_policy_beats_a_random_policy_on_the_training_split():
 
 def test_trading_agent_trades_and_beats_random_on_the_googl_validation_split():
     """With the default environment and trading preset, PPO trained on GOOGL's train split trades
-    on the unseen validation split and earns more than the average random policy there."""
+    on the unseen validation split and earns more than the average random policy there.
+
+    Two seeds are trained and the one with the better Sharpe on the training split is kept, as one
+    would choose between runs without looking at held-out data; only then is it tested on the
+    validation split. (One seed alone is at the mercy of floating-point differences between
+    machines: the trajectory, and with it the seed's result, changes with the CPU's vector width.)
+    """
     data = load_dataset("googl_1d")
     timesteps = LEARNING_TIMESTEPS
     config = config_for_trading(timesteps)
-    result = train(TradingVecEnv(data, num_envs=config.n_envs, split="train"), config, timesteps, seed=0, device="cpu")
-    act = greedy_actions(result.policy)
-    trained = backtest(lambda obs: int(act(obs[None, :])[0]), data, "validation")
-    randoms = [backtest(random_policy(seed), data, "validation", seed=seed).total_return for seed in range(10)]
-    assert trained.n_trades >= 1, f"never traded: {trained.action_counts}"
-    assert trained.total_return > float(np.mean(randoms)) + 0.02, (trained.total_return, randoms)
-    assert trained.sharpe > 0.0
+    candidates = []
+    for seed in (0, 1):
+        result = train(TradingVecEnv(data, num_envs=config.n_envs, split="train"), config, timesteps, seed=seed, device="cpu")
+        act = greedy_actions(result.policy)
+        policy = lambda obs, act=act: int(act(obs[None, :])[0])  # noqa: E731
+        candidates.append((backtest(policy, data, "train").sharpe, seed, policy))
+    in_sample_sharpe, seed, policy = max(candidates, key=lambda c: c[0])
+    assert in_sample_sharpe > 0.5, candidates  # it learned something on the data it saw
+    trained = backtest(policy, data, "validation")
+    randoms = [backtest(random_policy(s), data, "validation", seed=s).total_return for s in range(10)]
+    assert trained.n_trades >= 1, f"seed {seed} never traded: {trained.action_counts}"
+    assert trained.total_return > float(np.mean(randoms)) + 0.02, (seed, trained.total_return, randoms)
+    assert trained.sharpe > 0.0, (seed, trained.sharpe)

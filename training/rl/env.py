@@ -18,7 +18,8 @@ Actions:
   smaller than ``min_trade_fraction`` of that size; when short, close the short first and go long with
   the equity left. SHORT is the mirror. Both are ignored (HOLD) during a cool-down.
 - REDUCE halves the position, realising PnL on the closed half; CLOSE closes it.
-- EMERGENCY_FLATTEN closes everything at the worse fill and blocks LONG/SHORT for ``cooldown_bars``.
+- EMERGENCY_FLATTEN closes everything at the worse fill and blocks LONG/SHORT for ``cooldown_bars``;
+  from flat there is nothing to close and it blocks nothing (it acts as HOLD).
 
 Episodes start flat at a random tradable bar of the split (seeded by ``reset(seed=...)``; with several
 symbols, a random symbol too); they terminate on ruin (equity below ``ruin_fraction`` of the initial
@@ -281,8 +282,10 @@ class AccountBook:
         self.slippage_paid = self.slippage_paid + traded * price * slip
         self.trades = self.trades + (delta != zero)
         self.time_in_position *= same_side
-        # Count down; EMERGENCY_FLATTEN (re)starts the cool-down (cooldown_bars > anything counted down).
-        self.cooldown = np.fmax(self.cooldown - one, self._cooldown_set.take(actions))
+        # Count down; EMERGENCY_FLATTEN of a position (re)starts the cool-down (cooldown_bars > anything
+        # counted down). From flat it closes nothing and blocks nothing: were it to block entries, a
+        # policy could learn to call it every bar and never trade (it did, on GOOGL, for some seeds).
+        self.cooldown = np.fmax(self.cooldown - one, self._cooldown_set.take(actions) * (pos != zero))
 
         # Advance one bar and mark to market.
         self.bar += 1
