@@ -78,7 +78,9 @@ class _TrueFalseField(forms.Field):
             return True
         if text in ("false", "0"):
             return False
-        raise forms.ValidationError(f"must be true or false, got {str(value)[:40]!r}")
+        # Not quoted back: django-filter %-formats the message, and a "%" in the caller's value made
+        # that a 500 when the value was part of it.
+        raise forms.ValidationError("must be true or false (or 1 or 0)")
 
 
 class TrueFalseFilter(filters.BooleanFilter):
@@ -102,10 +104,21 @@ class ChoiceFilter(filters.ChoiceFilter):
     field_class = _PresentChoiceField
 
 
+# Django's form fields refuse NUL characters (PostgreSQL text cannot hold them): the schema says so.
+@extend_schema_field({"type": "string", "maxLength": 32, "pattern": "^[^\\x00]*$",
+                      "description": "Exact match; at most 32 characters, no NUL."})
+class TextFilter(filters.CharFilter):
+    """An exact text match of up to 32 characters (empty means no filter)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("max_length", 32)
+        super().__init__(*args, **kwargs)
+
+
 class DecisionFilter(filters.FilterSet):
-    symbol = filters.CharFilter(field_name="symbol", max_length=32)
+    symbol = TextFilter(field_name="symbol")
     action = ActionFilter(field_name="action", help_text="Action name or code.")
-    model_version = filters.CharFilter(field_name="model_version", max_length=32)
+    model_version = TextFilter(field_name="model_version")
     shadow_mode = TrueFalseFilter(field_name="shadow_mode")
     source = ChoiceFilter(field_name="source", choices=Decision._meta.get_field("source").choices)
     role = ChoiceFilter(field_name="role", choices=Decision._meta.get_field("role").choices)
@@ -118,9 +131,9 @@ class DecisionFilter(filters.FilterSet):
 
 
 class ExperienceFilter(filters.FilterSet):
-    symbol = filters.CharFilter(field_name="symbol", max_length=32)
+    symbol = TextFilter(field_name="symbol")
     action = ActionFilter(field_name="action", help_text="Action name or code.")
-    model_version = filters.CharFilter(field_name="model_version", max_length=32)
+    model_version = TextFilter(field_name="model_version")
     since = TimeFilter(field_name="closed_at", lookup_expr="gte")
     until = TimeFilter(field_name="closed_at", lookup_expr="lt")
 
