@@ -131,6 +131,17 @@ class StrictBooleanField(serializers.BooleanField):
         return data
 
 
+# DRF refuses NUL characters (PostgreSQL text cannot hold them): the schema says so. The pattern
+# asks for one character or more because drf-spectacular adds the blank string as a oneOf branch.
+@extend_schema_field({"type": "string", "maxLength": 2000, "pattern": "^[^\\x00]+$", "default": "",
+                      "description": "Why (kept in the audit trail); at most 2,000 characters, no NUL."})
+class ReasonField(StrictCharField):
+    """The free-text reason of an audited operator action."""
+
+    def __init__(self, **kwargs):
+        super().__init__(required=False, allow_blank=True, max_length=2000, default="", **kwargs)
+
+
 @extend_schema_field({"type": "string", "pattern": DATASET_PATTERN, "maxLength": 200,
                       "description": "A bundled dataset (eurusd_1h, googl_1d) or recorded:SYMBOL."})
 class DatasetField(StrictCharField):
@@ -167,7 +178,7 @@ class TrainAcceptedSerializer(serializers.Serializer):
 
 class ShadowModeRequestSerializer(serializers.Serializer):
     enabled = StrictBooleanField()
-    reason = StrictCharField(required=False, allow_blank=True, max_length=2000, default="")
+    reason = ReasonField()
 
 
 class ShadowModeChangeSerializer(serializers.ModelSerializer):
@@ -237,7 +248,7 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 
 
 class PromoteRequestSerializer(serializers.Serializer):
-    reason = StrictCharField(required=False, allow_blank=True, max_length=2000, default="")
+    reason = ReasonField()
 
 
 class TrainingRunSerializer(serializers.ModelSerializer):
