@@ -11,9 +11,9 @@ import pytest
 from django.db import connection
 from django.test import Client
 
+from bench._faults import TcpProxy
 from tests.decisions.ops_fixtures import private_heartbeats  # noqa: F401 (fixture)
 from tests.decisions.stream_helpers import consumer, register_model
-from tests.decisions.test_streams_resilience import TcpProxy
 
 pytestmark = pytest.mark.django_db
 

@@ -12,13 +12,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections import defaultdict
 
 import pytest
 import redis as redis_lib
 
+from bench._faults import TcpProxy  # the chaos suite's: cut drops every connection and refuses new ones
 from decisions.models import Decision, ModelRole
 from decisions.selectors import SUBSCRIBER_HEARTBEATS_KEY
 from decisions.streams import codec
@@ -180,71 +180,6 @@ def test_a_redis_restart_is_survived_with_nothing_lost(stream_prefix, tmp_path):
     finally:
         sub.stop()
         server.stop()
-
-
-class TcpProxy:
-    """A TCP forwarder to PostgreSQL that the test can cut (drop every connection, refuse new ones)."""
-
-    def __init__(self, target: tuple[str, int]):
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        self.up = True
-        self.running = True
-        self.sockets: list[socket.socket] = []
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while self.running:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                continue
-            if not self.up:
-                conn.close()  # "the server closed the connection unexpectedly"
-                continue
-            upstream = socket.create_connection(self.target)
-            with self.lock:
-                self.sockets += [conn, upstream]
-            for src, dst in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def cut(self) -> None:
-        self.up = False
-        with self.lock:
-            for s in self.sockets:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
-            self.sockets.clear()
-
-    def restore(self) -> None:
-        self.up = True
-
-    def close(self) -> None:
-        self.running = False
-        self.cut()
-        self.listener.close()
-        self.thread.join(timeout=5)
 
 
 def test_a_postgresql_outage_is_survived_with_nothing_lost(redis_client, stream_prefix, tmp_path):
