@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from django.db import InterfaceError, OperationalError
+from django.http import JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -39,17 +40,20 @@ def _first_field_error(detail, prefix: str = "") -> tuple[str | None, str]:
 
 # Retry-After of a 503 while the database is unreachable (seconds).
 DATABASE_RETRY_AFTER = 5
-DATABASE_UNAVAILABLE = {"error": "the database is unavailable; retry shortly", "field": None}
+
+
+def database_unavailable(exc: Exception) -> JsonResponse:
+    """The answer while the database is unreachable (connection refused or lost): the client
+    should retry, and the answer must say so in JSON, not as an HTML 500."""
+    log.warning("database unavailable: %s", exc.__class__.__name__)
+    response = JsonResponse({"error": "the database is unavailable; retry shortly", "field": None}, status=503)
+    response["Retry-After"] = str(DATABASE_RETRY_AFTER)
+    return response
 
 
 def exception_handler(exc, context):
-    if isinstance(exc, (OperationalError, InterfaceError)):
-        # The database is unreachable (connection refused or lost): the client should retry, and
-        # the answer must say so in JSON, not as an HTML 500. Other database errors stay 500s.
-        log.warning("database unavailable: %s", exc.__class__.__name__)
-        response = Response(DATABASE_UNAVAILABLE, status=503)
-        response["Retry-After"] = str(DATABASE_RETRY_AFTER)
-        return response
+    if isinstance(exc, (OperationalError, InterfaceError)):  # other database errors stay 500s
+        return database_unavailable(exc)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

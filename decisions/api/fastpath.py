@@ -26,7 +26,7 @@ from rest_framework.permissions import IsAuthenticated
 from decisions import metrics, services
 from decisions.api import throttling
 from decisions.api.authentication import CachedTokenAuthentication
-from decisions.api.errors import DATABASE_RETRY_AFTER, DATABASE_UNAVAILABLE, log as errors_log
+from decisions.api.errors import database_unavailable
 from decisions.api.serializers import PredictionSerializer
 from training.rl.features import ObservationError, validate_observation
 
@@ -49,8 +49,8 @@ def _observations(data) -> list[dict] | None:
         return None
 
 
-def _json_response(body, status: int = 200) -> HttpResponse:
-    response = HttpResponse(orjson.dumps(body), content_type=_JSON, status=status)
+def _json_response(body) -> HttpResponse:
+    response = HttpResponse(orjson.dumps(body), content_type=_JSON)
     # What DRF's finalize_response adds to the same answer.
     response["Allow"] = "POST, OPTIONS"
     response["Vary"] = "Accept"
@@ -88,9 +88,6 @@ def _predict(observations: list[dict], *, single: bool) -> HttpResponse:
     try:
         decisions = services.decisions_predict(observations=observations)
     except (OperationalError, InterfaceError) as exc:
-        errors_log.warning("database unavailable: %s", exc.__class__.__name__)
-        response = _json_response(DATABASE_UNAVAILABLE, status=503)
-        response["Retry-After"] = str(DATABASE_RETRY_AFTER)
-        return response
+        return database_unavailable(exc)
     answers = [PredictionSerializer.from_decision(d) for d in decisions]
     return _json_response(answers[0] if single else answers)
