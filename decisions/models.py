@@ -16,6 +16,8 @@ from django.utils import timezone
 
 from training.rl.actions import ACTION_CHOICES
 
+from .fields import Float32VectorField
+
 
 class DecisionSource(models.TextChoices):
     API = "api", "REST API"
@@ -31,7 +33,7 @@ class Decision(models.Model):
     decision_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     symbol = models.CharField(max_length=32, blank=True, default="")
     observation = models.JSONField(help_text="The validated observation fields the policy saw.")
-    features = models.JSONField(help_text="The 64-dim feature vector (list of floats).")
+    features = Float32VectorField(help_text="The 64-dim feature vector (float32).")
     feature_spec_version = models.CharField(max_length=64, blank=True, default="")
     action = models.PositiveSmallIntegerField(choices=ACTION_CHOICES)
     probabilities = models.JSONField(help_text="Behaviour policy's probability of each of the 6 actions.")
