@@ -3,4 +3,9 @@ import os
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rlv3site.settings")
-application = get_wsgi_application()
+django_application = get_wsgi_application()
+
+# After Django is set up: a well-formed predict call is answered before Django's request handling.
+from decisions.api.fastpath import PredictWSGI  # noqa: E402
+
+application = PredictWSGI(django_application)
