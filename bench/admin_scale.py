@@ -67,7 +67,7 @@ def main() -> int:
                 INSERT INTO decisions_decision (decision_id, symbol, observation, features, feature_spec_version,
                     action, probabilities, confidence, value, model_version, role, shadow_mode, source, created_at)
                 SELECT md5(g::text || 'd')::uuid, (ARRAY['BTCUSDT','ETHUSDT','SOLUSDT','XRPUSDT'])[1 + abs(hashint4(g)) %% 4],
-                    '{"rsi": 50}'::jsonb, '[]'::jsonb, 'rlv3-features-1', abs(hashint4(g + 1)) %% 6,
+                    '{"rsi": 50}'::jsonb, decode(repeat('00', 256), 'hex'), 'rlv3-features-1', abs(hashint4(g + 1)) %% 6,
                     '[0.1,0.5,0.1,0.1,0.1,0.1]'::jsonb, 0.5, 0.0, (1 + g %% 3)::text, 'champion', g %% 2 = 0,
                     'stream', now() - (g || ' seconds')::interval
                 FROM generate_series(%s, %s) g

@@ -139,7 +139,7 @@ def test_status_counts_a_large_table_from_statistics_not_by_scanning_it(reader_a
         cursor.execute(
             "INSERT INTO decisions_decision (decision_id, symbol, observation, features, feature_spec_version, action,"
             " probabilities, confidence, value, model_version, role, shadow_mode, source, created_at)"
-            " SELECT gen_random_uuid(), 'BTCUSDT', '{}', '[]', '', 0, '[1, 0, 0, 0, 0, 0]', 1, 0, 'untrained',"
+            " SELECT gen_random_uuid(), 'BTCUSDT', '{}', '', '', 0, '[1, 0, 0, 0, 0, 0]', 1, 0, 'untrained',"
             " 'champion', true, 'api', now() FROM generate_series(1, %s)",
             [rows],
         )
