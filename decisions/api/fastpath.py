@@ -32,6 +32,7 @@ import orjson
 import structlog
 from django.conf import settings
 from django.core import signals
+from django.core.handlers.exception import response_for_exception
 from django.core.handlers.wsgi import WSGIRequest
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse
@@ -157,6 +158,8 @@ class PredictWSGI:
             response = predict_answer(
                 content_type=environ.get("CONTENT_TYPE", ""), authorization=environ.get("HTTP_AUTHORIZATION", ""), body=body,
             )
+        except Exception as exc:  # noqa: BLE001 - answered and logged as Django answers an uncaught error
+            response = response_for_exception(WSGIRequest(environ), exc)
         finally:
             signals.request_finished.send(sender=self.__class__)
         if response is None:

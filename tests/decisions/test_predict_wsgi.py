@@ -184,3 +184,18 @@ def test_the_request_metrics_count_a_fast_call(apps, token):
     before = REGISTRY.get_sample_value(name, labels) or 0.0
     assert call(app, environ(token=token))[0] == 200
     assert REGISTRY.get_sample_value(name, labels) == before + 1
+
+
+def test_an_unexpected_error_is_answered_and_logged_as_django_does(apps, token, monkeypatch, caplog):
+    from decisions import services
+
+    def broken(**_kwargs):
+        raise RuntimeError("the policy broke")
+
+    monkeypatch.setattr(services, "decisions_predict", broken)
+    app, reached = apps
+    status, headers, _ = call(app, environ(token=token, HTTP_X_REQUEST_ID="req-500"))
+    assert status == 500 and reached == [] and headers["x-request-id"] == "req-500"
+    (record,) = [r for r in caplog.records if r.name == "django.request"]
+    assert record.getMessage() == f"Internal Server Error: {PATH}" and record.exc_info[0] is RuntimeError
+    assert Decision.objects.count() == 0
