@@ -8,6 +8,15 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import BaseParser
 
 
+# JSON's whitespace (RFC 8259): bytes.strip() would also take \x0b and \x0c, which are not JSON.
+JSON_WHITESPACE = b" \t\n\r"
+
+
+def is_blank(raw: bytes) -> bool:
+    """Whether a body is empty or JSON whitespace only (parsed as {})."""
+    return not raw.strip(JSON_WHITESPACE)
+
+
 def parse_json_body(stream, prefix: str):
     """The body as JSON; an empty body is {} (so `POST train?num_episodes=100` works).
 
@@ -16,7 +25,7 @@ def parse_json_body(stream, prefix: str):
     Python's advice about its integer-digit limit is not for the client.
     """
     raw = stream.read() if stream is not None else b""
-    if not raw.strip():
+    if is_blank(raw):
         return {}
     try:
         return json.loads(raw.decode("utf-8"))
