@@ -49,7 +49,6 @@ from decisions import metrics, services
 from decisions.api import throttling
 from decisions.api.authentication import CachedTokenAuthentication
 from decisions.api.errors import database_unavailable
-from decisions.api.parsers import is_blank
 from decisions.api.serializers import PredictionSerializer
 from rlv3site.middleware import REQUEST_ID_HEADER, request_id_from
 from training.rl.features import ObservationError, validate_observation
@@ -96,7 +95,7 @@ def predict_answer(*, content_type: str, authorization: str, body: bytes, scope:
     if not user.is_authenticated:
         return None
     try:
-        data = {} if is_blank(body) else json.loads(body.decode("utf-8"))
+        data = json.loads(body.decode("utf-8")) if body else {}  # as parsers.parse_json_body
     except Exception:  # noqa: BLE001 - any parse problem: DRF's parser gives the error answer
         return None
     observations = _observations(data)

@@ -8,24 +8,16 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import BaseParser
 
 
-# JSON's whitespace (RFC 8259): bytes.strip() would also take \x0b and \x0c, which are not JSON.
-JSON_WHITESPACE = b" \t\n\r"
-
-
-def is_blank(raw: bytes) -> bool:
-    """Whether a body is empty or JSON whitespace only (parsed as {})."""
-    return not raw.strip(JSON_WHITESPACE)
-
-
 def parse_json_body(stream, prefix: str):
-    """The body as JSON; an empty body is {} (so `POST train?num_episodes=100` works).
+    """The body as JSON; an empty body (no bytes at all) is {} (so `POST train?num_episodes=100`
+    works). Whitespace alone is not a JSON document: a parse error, like any other.
 
     NaN/Infinity literals parse to floats so that validation can reject them with the name of the
     field they were sent in. Errors are ParseErrors (400) that say what is wrong and nothing more:
     Python's advice about its integer-digit limit is not for the client.
     """
     raw = stream.read() if stream is not None else b""
-    if is_blank(raw):
+    if not raw:
         return {}
     try:
         return json.loads(raw.decode("utf-8"))

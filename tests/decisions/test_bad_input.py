@@ -106,8 +106,8 @@ def test_bad_filters_are_400_naming_the_field(reader_api, query, field):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("content_type", ["application/json", "application/x-www-form-urlencoded"])
-# \x0b and \x0c are whitespace to Python's str.strip, not to JSON (found by fuzzing).
-@pytest.mark.parametrize("raw", ['{"rsi": ', "rsi=55", "\xff\xfe", "[[[[" * 10, "\x0b", " \x0c\n"])
+# Whitespace alone is no JSON document either (found by fuzzing).
+@pytest.mark.parametrize("raw", ['{"rsi": ', "rsi=55", "\xff\xfe", "[[[[" * 10, "\x0b", " \t\r\n", " "])
 def test_unparseable_bodies_are_400(reader_api, raw, content_type):
     response = reader_api.generic("POST", API + "predict", raw.encode("latin-1"), content_type=content_type)
     assert response.status_code == 400
@@ -115,7 +115,6 @@ def test_unparseable_bodies_are_400(reader_api, raw, content_type):
 
 
 @pytest.mark.django_db
-def test_an_empty_or_json_whitespace_body_takes_the_seed_defaults(reader_api):
-    for raw in (b"", b" \t\r\n"):
-        response = reader_api.generic("POST", API + "predict", raw, content_type="application/json")
-        assert response.status_code == 200 and response.json()["symbol"] == ""
+def test_an_empty_body_takes_the_seed_defaults(reader_api):
+    response = reader_api.generic("POST", API + "predict", b"", content_type="application/json")
+    assert response.status_code == 200 and response.json()["symbol"] == ""
