@@ -13,11 +13,6 @@ from django.db import models
 FLOAT32_BE = np.dtype(">f4")
 
 
-def float32_bytes(values) -> bytes:
-    """A vector (list, tuple or array of numbers) as big-endian float32 bytes, 4 per value."""
-    return np.asarray(values, dtype=FLOAT32_BE).tobytes()
-
-
 class Float32VectorField(models.BinaryField):
     """A vector of floats stored as big-endian float32 bytes (4 bytes a value; 64 values are 256
     bytes where JSON took about 1.2 kB and PostgreSQL parsed every number). In Python the value is
@@ -51,7 +46,7 @@ class Float32VectorField(models.BinaryField):
         if value is None:
             return None
         if not isinstance(value, (bytes, bytearray, memoryview)):
-            value = float32_bytes(value)
+            value = np.asarray(value, dtype=FLOAT32_BE).tobytes()
         return connection.Database.Binary(value)
 
     def value_to_string(self, obj):

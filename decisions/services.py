@@ -26,7 +26,7 @@ from django.utils import timezone
 from training.rl.features import FEATURE_SPEC_VERSION, observations_to_matrix
 
 from . import metrics
-from .fields import FLOAT32_BE, float32_bytes
+from .fields import FLOAT32_BE
 from .models import Decision, DecisionSource, Experience, MarketBar, ModelRole, ShadowModeChange, ShadowModeState
 from .serving import ServedPolicy, policy_server
 from .streams.codec import MarketTick, PositionClose
@@ -163,13 +163,15 @@ def decisions_predict(*, observations: Sequence[dict], source: str = DecisionSou
         Prediction, ids, symbols, actions, batch.probabilities.tolist(), confidences, batch.values.tolist(),
         repeat(policy.version, n), repeat(shadow, n), repeat(source, n), repeat(ModelRole.CHAMPION, n),
     ))
-    row = _ApiRows(predictions=predictions, observations=observations, features=vectors, created_at=timezone.now())
+    rows = _ApiRows(
+        predictions=predictions, observations=observations, features=vectors.astype(FLOAT32_BE), created_at=timezone.now()
+    )
     if connection.vendor != "postgresql":
-        Decision.objects.bulk_create(row.decisions())
+        Decision.objects.bulk_create(rows.decisions())
     elif n == 1:
-        _api_insert_one(row)
+        _api_insert_one(rows)
     else:
-        _api_copy(row)
+        _api_copy(rows)
     return predictions
 
 
@@ -184,13 +186,13 @@ class _ApiRows:
 
     predictions: list[Prediction]
     observations: Sequence[dict]
-    features: np.ndarray
+    features: np.ndarray  # (N, 64) big-endian float32: each row's bytes are its column value
     created_at: datetime
 
     def decisions(self) -> list[Decision]:
         return [
             _new_decision(
-                decision_id=p.decision_id, symbol=p.symbol, observation=obs, features=vector.tolist(),
+                decision_id=p.decision_id, symbol=p.symbol, observation=obs, features=vector.tobytes(),
                 feature_spec_version=FEATURE_SPEC_VERSION, action=p.action, probabilities=p.probabilities,
                 confidence=p.confidence, value=p.value, model_version=p.model_version, role=p.role,
                 shadow_mode=p.shadow_mode, source=p.source, created_at=self.created_at,
@@ -214,27 +216,20 @@ _JSONB_V1 = b"\x01"
 def _api_insert_one(rows: _ApiRows) -> None:
     (p,), obs = rows.predictions, rows.observations[0]
     params = [
-        p.decision_id, p.symbol, Jsonb(obs, dumps=_orjson_text), float32_bytes(rows.features[0]), FEATURE_SPEC_VERSION,
+        p.decision_id, p.symbol, Jsonb(obs, dumps=_orjson_text), rows.features[0].tobytes(), FEATURE_SPEC_VERSION,
         p.action, Jsonb(p.probabilities, dumps=_orjson_text), p.confidence, p.value, p.model_version, p.role,
         p.shadow_mode, p.source, rows.created_at,
     ]
-    with connection.cursor() as cursor, connection.wrap_database_errors:
-        # Django's wrapper checked the connection; the prepared statement runs on the same one.
-        prepared = psycopg.Cursor(cursor.cursor.connection)
-        try:
-            prepared.execute(_api_sql()[0], params, prepare=True)
-        finally:
-            prepared.close()
+    _execute_prepared(_api_sql()[0], params)
 
 
 def _api_copy(rows: _ApiRows) -> None:
-    features = rows.features.astype(FLOAT32_BE)
     created, spec = rows.created_at, FEATURE_SPEC_VERSION
     with connection.cursor() as cursor, connection.wrap_database_errors:
         with psycopg.Cursor(cursor.cursor.connection) as raw, raw.copy(_api_sql()[1]) as copy:
             copy.set_types(_API_COPY_TYPES)
             write = copy.write_row
-            for p, obs, vector in zip(rows.predictions, rows.observations, features):
+            for p, obs, vector in zip(rows.predictions, rows.observations, rows.features):
                 write((
                     p.decision_id.bytes, p.symbol, _JSONB_V1 + orjson.dumps(obs), vector.tobytes(), spec, p.action,
                     _JSONB_V1 + orjson.dumps(p.probabilities), p.confidence, p.value, p.model_version, p.role,
@@ -353,21 +348,24 @@ def _decisions_insert(rows: list[Decision]) -> set[uuid.UUID] | None:
         if not (math.isfinite(row.value) and all(map(math.isfinite, row.probabilities))):
             raise ValueError(f"the policy returned a non-finite value or probability for {row.stream_entry_id}")
     if len(rows) == 1:
-        # One row (an API prediction): plain typed parameters cost PostgreSQL less than a document.
+        # One row (a batch of one signal): plain typed parameters cost PostgreSQL less than a document.
         values = vars(rows[0])
         params = [Jsonb(values[name], dumps=_orjson_text) if column in json_columns else values[name] for column, name in pairs]
         sql = one_row_sql
     else:
         # orjson writes UUIDs and aware datetimes (RFC 3339) itself; PostgreSQL parses both.
         params = [orjson.dumps([_row_values(vars(row), pairs) for row in rows]).decode()]
+    return {row[0] for row in _execute_prepared(sql, params)}
+
+
+def _execute_prepared(sql: str, params: list) -> list[tuple]:
+    """Run ``sql`` as a server-side prepared statement (prepared once per connection) on Django's
+    connection; the rows it returns (none for a plain INSERT)."""
     with connection.cursor() as cursor, connection.wrap_database_errors:
         # Django's wrapper checked the connection; the prepared statement runs on the same one.
-        prepared = psycopg.Cursor(cursor.cursor.connection)
-        try:
+        with psycopg.Cursor(cursor.cursor.connection) as prepared:
             prepared.execute(sql, params, prepare=True)
-            return {row[0] for row in prepared.fetchall()}
-        finally:
-            prepared.close()
+            return prepared.fetchall() if prepared.description else []
 
 
 @functools.cache

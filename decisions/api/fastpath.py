@@ -4,13 +4,12 @@ without Django's and DRF's request machinery.
 Two entry points share one answer (`predict_answer`):
 
 - `PredictWSGI` wraps the WSGI application (``rlv3site.wsgi``): a predict call is answered before
-  Django builds a request or runs its middleware. Django's request handling and DRF's dispatch
+  Django runs its middleware and URL resolution. Django's request handling and DRF's dispatch
   cost about two fifths of a prediction's CPU. What the skipped layers do for this call is done
-  here with their own code or settings: ALLOWED_HOSTS (`validate_host`), the SSL redirect (the
-  call is left to Django when it would be redirected), the body size limit (left to Django, which
-  answers 413), the request id, the request signals (database connection upkeep), the security
-  headers (computed once by running SecurityMiddleware and XFrameOptionsMiddleware) and
-  django-prometheus's request metrics.
+  here with their own code or settings: the host and HTTPS checks (a call Django would refuse or
+  redirect is left to Django, as is a body over the size limit, which it answers 413), the request
+  id, the request signals (database connection upkeep), the security headers (computed once by
+  running SecurityMiddleware and XFrameOptionsMiddleware) and django-prometheus's request metrics.
 - `fast_predict` is called by PredictView.dispatch, for calls that reach Django (the test client,
   ASGI): it skips DRF's dispatch only.
 
@@ -26,36 +25,36 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 
 import orjson
 import structlog
 from django.conf import settings
 from django.core import signals
+from django.core.exceptions import DisallowedHost
 from django.core.handlers.exception import response_for_exception
 from django.core.handlers.wsgi import WSGIRequest
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse
-from django.http.request import split_domain_port, validate_host
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.security import SecurityMiddleware
 from django.urls import resolve, reverse
 from django_prometheus.middleware import Metrics
 from django_prometheus.utils import Time, TimeSince
-from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.exceptions import AuthenticationFailed, ParseError
 from rest_framework.permissions import IsAuthenticated
 
 from decisions import metrics, services
 from decisions.api import throttling
 from decisions.api.authentication import CachedTokenAuthentication
 from decisions.api.errors import database_unavailable
+from decisions.api.parsers import StrictJSONParser, parse_json
 from decisions.api.serializers import PredictionSerializer
 from rlv3site.middleware import REQUEST_ID_HEADER, request_id_from
 from training.rl.features import ObservationError, validate_observation
 
 _authentication = CachedTokenAuthentication()
-_JSON = "application/json"
-PREDICT_SCOPE = "predict"
+_JSON = StrictJSONParser.media_type
+PREDICT_SCOPE = "predict"  # PredictView.throttle_scope
 
 
 def _observations(data) -> list[dict] | None:
@@ -95,8 +94,8 @@ def predict_answer(*, content_type: str, authorization: str, body: bytes, scope:
     if not user.is_authenticated:
         return None
     try:
-        data = json.loads(body.decode("utf-8")) if body else {}  # as parsers.parse_json_body
-    except Exception:  # noqa: BLE001 - any parse problem: DRF's parser gives the error answer
+        data = parse_json(body, "JSON parse error")
+    except ParseError:  # DRF's parser gives the error answer
         return None
     observations = _observations(data)
     if observations is None or throttling.consume(scope, throttling.token_identity(token.key)) is not None:
@@ -138,8 +137,9 @@ class PredictWSGI:
         if environ.get("REQUEST_METHOD") != "POST" or environ.get("PATH_INFO") != _route().path:
             return self.app(environ, start_response)
         started = Time()  # django-prometheus's clock: its histograms are observed in its units
-        secure = _is_secure(environ)
-        if (settings.SECURE_SSL_REDIRECT and not secure) or not _host_allowed(environ):
+        request = WSGIRequest(environ)  # Django's own view of the call's scheme and host (never read from)
+        secure = request.is_secure()
+        if (settings.SECURE_SSL_REDIRECT and not secure) or not _host_allowed(request):
             return self.app(environ, start_response)  # Django redirects, or refuses the host
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -159,7 +159,7 @@ class PredictWSGI:
                 content_type=environ.get("CONTENT_TYPE", ""), authorization=environ.get("HTTP_AUTHORIZATION", ""), body=body,
             )
         except Exception as exc:  # noqa: BLE001 - answered and logged as Django answers an uncaught error
-            response = response_for_exception(WSGIRequest(environ), exc)
+            response = response_for_exception(request, exc)
         finally:
             signals.request_finished.send(sender=self.__class__)
         if response is None:
@@ -212,29 +212,13 @@ def _route() -> _Route:
     return _Route()
 
 
-def _is_secure(environ) -> bool:
-    """HttpRequest.is_secure for a WSGI environ (SECURE_PROXY_SSL_HEADER, else the URL scheme)."""
-    if settings.SECURE_PROXY_SSL_HEADER:
-        header, secure_value = settings.SECURE_PROXY_SSL_HEADER
-        value = environ.get(header)
-        if value is not None:
-            return value.split(",", 1)[0].strip() == secure_value
-    return environ.get("wsgi.url_scheme") == "https"
-
-
-def _host_allowed(environ) -> bool:
-    """Whether HttpRequest.get_host would accept the call's host (Django refuses it otherwise)."""
-    if settings.USE_X_FORWARDED_HOST and "HTTP_X_FORWARDED_HOST" in environ:
-        host = environ["HTTP_X_FORWARDED_HOST"]
-    elif "HTTP_HOST" in environ:
-        host = environ["HTTP_HOST"]
-    else:
-        return False  # Django rebuilds the host from the server's name and port, and decides
-    domain, _port = split_domain_port(host)
-    allowed = settings.ALLOWED_HOSTS
-    if settings.DEBUG and not allowed:
-        allowed = [".localhost", "127.0.0.1", "[::1]"]
-    return bool(domain) and validate_host(domain, allowed)
+def _host_allowed(request: WSGIRequest) -> bool:
+    """Whether Django would accept the call's host (ALLOWED_HOSTS); it answers the call otherwise."""
+    try:
+        request.get_host()
+    except DisallowedHost:
+        return False
+    return True
 
 
 @functools.cache

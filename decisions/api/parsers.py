@@ -9,14 +9,18 @@ from rest_framework.parsers import BaseParser
 
 
 def parse_json_body(stream, prefix: str):
-    """The body as JSON; an empty body (no bytes at all) is {} (so `POST train?num_episodes=100`
+    """The body of a request stream as JSON (`parse_json`)."""
+    return parse_json(stream.read() if stream is not None else b"", prefix)
+
+
+def parse_json(raw: bytes, prefix: str):
+    """A body as JSON; an empty body (no bytes at all) is {} (so `POST train?num_episodes=100`
     works). Whitespace alone is not a JSON document: a parse error, like any other.
 
     NaN/Infinity literals parse to floats so that validation can reject them with the name of the
     field they were sent in. Errors are ParseErrors (400) that say what is wrong and nothing more:
     Python's advice about its integer-digit limit is not for the client.
     """
-    raw = stream.read() if stream is not None else b""
     if not raw:
         return {}
     try:

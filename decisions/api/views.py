@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 from decisions import metrics, selectors, services
 from decisions.api import serializers as s
 from decisions.api.errors import error_response
-from decisions.api.fastpath import fast_predict
+from decisions.api.fastpath import PREDICT_SCOPE, fast_predict
 from decisions.api.filters import DecisionFilter, ExperienceFilter
 from decisions.api.pagination import CursorPagination
 from decisions.api.schema import predict_request_schema, predict_response_schema
@@ -51,7 +51,7 @@ def _bool_param(value: str | None, field: str) -> bool:
 
 class PredictView(APIView):
     parser_classes = PARSERS
-    throttle_scope = "predict"
+    throttle_scope = PREDICT_SCOPE
 
     def dispatch(self, request, *args, **kwargs):
         # The common well-formed call is answered without DRF's machinery (decisions.api.fastpath);
