@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import hmac
 import json
+import operator
 import os
 import re
 import threading
@@ -74,11 +75,15 @@ def symbol_label(symbol: str) -> str:
     return OTHER_SYMBOL
 
 
+_decision_labels = operator.attrgetter("action", "symbol", "source", "role")
+
+
 def decisions_count(decisions: Iterable) -> None:
     """Add stored Decisions (any objects with action, symbol, source, role) to rlv3_decisions_total."""
-    tally = Tally((int(d.action), d.symbol, str(d.source), str(d.role)) for d in decisions)
+    # attrgetter and the labels' str() afterwards: once per label set, not once per decision.
+    tally = Tally(map(_decision_labels, decisions))
     for (action, symbol, source, role), n in tally.items():
-        DECISIONS.labels(ACTION_NAMES[action], symbol_label(symbol), source, role).inc(n)
+        DECISIONS.labels(ACTION_NAMES[action], symbol_label(symbol), str(source), str(role)).inc(n)
 
 
 def counts_decisions(func: Callable[..., Sequence]) -> Callable[..., Sequence]:

@@ -7,8 +7,6 @@ experience for one decision, two bars for one symbol and time).
 
 from __future__ import annotations
 
-import uuid
-
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -16,7 +14,8 @@ from django.utils import timezone
 
 from training.rl.actions import ACTION_CHOICES
 
-from .fields import Float32VectorField
+from .fields import Float32VectorField, FloatArrayField, ObservationField
+from .ids import uuid7
 
 
 class DecisionSource(models.TextChoices):
@@ -30,13 +29,13 @@ class ModelRole(models.TextChoices):
 
 
 class Decision(models.Model):
-    decision_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    decision_id = models.UUIDField(default=uuid7, unique=True, editable=False, help_text="UUID version 7 (time-ordered).")
     symbol = models.CharField(max_length=32, blank=True, default="")
-    observation = models.JSONField(help_text="The validated observation fields the policy saw.")
+    observation = ObservationField(help_text="The validated observation fields the policy saw (without the symbol).")
     features = Float32VectorField(help_text="The 64-dim feature vector (float32).")
     feature_spec_version = models.CharField(max_length=64, blank=True, default="")
     action = models.PositiveSmallIntegerField(choices=ACTION_CHOICES)
-    probabilities = models.JSONField(help_text="Behaviour policy's probability of each of the 6 actions.")
+    probabilities = FloatArrayField(help_text="Behaviour policy's probability of each of the 6 actions.")
     confidence = models.FloatField(help_text="Probability of the chosen action.")
     value = models.FloatField(help_text="Critic's value estimate.")
     model_version = models.CharField(max_length=32, help_text="Version number, or 'untrained'.")

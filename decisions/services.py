@@ -26,7 +26,9 @@ from django.utils import timezone
 from training.rl.features import FEATURE_SPEC_VERSION, observations_to_matrix
 
 from . import metrics
-from .fields import FLOAT32_BE
+from . import pgcopy
+from .fields import FLOAT32_BE, observation_encode, observations_encode
+from .ids import uuid7_bytes, uuid7_list, uuid_strings
 from .models import Decision, DecisionSource, Experience, MarketBar, ModelRole, ShadowModeChange, ShadowModeState
 from .serving import ServedPolicy, policy_server
 from .streams.codec import MarketTick, PositionClose
@@ -92,6 +94,7 @@ def _decisions_build(
     batch = policy.runtime.predict_batch(vectors)
     now = timezone.now()
     contexts = contexts or [SignalContext()] * len(observations)
+    ids = uuid7_list(len(observations))
     built = []
     # tolist() converts whole arrays to Python numbers at once (the same values as float() per item).
     all_probs, actions, values, features = (
@@ -102,7 +105,7 @@ def _decisions_build(
         action = actions[i]
         built.append(
             _new_decision(
-                decision_id=uuid.uuid4(),
+                decision_id=ids[i],
                 symbol=obs.get("symbol") or "",
                 observation=obs,
                 features=features[i].tobytes(),  # the column's bytes (Float32VectorField)
@@ -127,7 +130,7 @@ def _decisions_build(
 class Prediction(NamedTuple):
     """An API decision as stored: what the answer shows, plus its source and role (for metrics)."""
 
-    decision_id: uuid.UUID
+    decision_id: str
     symbol: str
     action: int
     probabilities: list[float]
@@ -144,8 +147,8 @@ def decisions_predict(*, observations: Sequence[dict], source: str = DecisionSou
     """Score validated observations with the champion and store one Decision each.
 
     API decisions have no stream entry or correlation id, so nothing can conflict: on PostgreSQL one
-    observation is one prepared INSERT and a batch is one binary COPY (no per-row model objects;
-    about a quarter of the database work of an INSERT that parses the rows from JSON).
+    observation is one prepared INSERT and a batch is one binary COPY laid out by numpy
+    (`decisions.pgcopy`; no per-row model objects).
     """
     server = policy_server()
     policy = server.champion()
@@ -155,86 +158,58 @@ def decisions_predict(*, observations: Sequence[dict], source: str = DecisionSou
     n = len(observations)
     if not (np.isfinite(batch.values).all() and np.isfinite(batch.probabilities).all()):
         raise ValueError("the policy returned a non-finite value or probability")
-    actions = batch.actions.tolist()
-    confidences = np.clip(batch.probabilities[np.arange(n), batch.actions], 0.0, 1.0).tolist()
-    ids = [uuid.UUID(bytes=raw, version=4) for raw in _random_blocks(n)]
+    confidences = np.clip(batch.probabilities[np.arange(n), batch.actions], 0.0, 1.0)
+    ids = uuid7_bytes(n)
     symbols = [obs.get("symbol") or "" for obs in observations]
-    predictions = list(map(
-        Prediction, ids, symbols, actions, batch.probabilities.tolist(), confidences, batch.values.tolist(),
-        repeat(policy.version, n), repeat(shadow, n), repeat(source, n), repeat(ModelRole.CHAMPION, n),
-    ))
-    rows = _ApiRows(
-        predictions=predictions, observations=observations, features=vectors.astype(FLOAT32_BE), created_at=timezone.now()
-    )
+    created_at = timezone.now()
     if connection.vendor != "postgresql":
-        Decision.objects.bulk_create(rows.decisions())
+        _api_create(ids, observations, vectors, batch, confidences, policy.version, shadow, source, created_at)
     elif n == 1:
-        _api_insert_one(rows)
+        _execute_prepared(_api_sql()[0], [
+            uuid.UUID(bytes=ids[0].tobytes()), symbols[0], observation_encode(observations[0]), vectors[0].astype(FLOAT32_BE).tobytes(),
+            FEATURE_SPEC_VERSION, int(batch.actions[0]), batch.probabilities[0].tolist(), float(confidences[0]),
+            float(batch.values[0]), policy.version, ModelRole.CHAMPION, shadow, source, created_at,
+        ])
     else:
-        _api_copy(rows)
-    return predictions
+        payload = pgcopy.copy_payload(
+            ids=ids, observations=observations_encode(observations), features=vectors, actions=batch.actions,
+            probabilities=batch.probabilities, confidences=confidences, values=batch.values, shadow_mode=shadow,
+            created_at=created_at, symbols=symbols, constants={
+                "feature_spec_version": FEATURE_SPEC_VERSION, "model_version": policy.version,
+                "role": ModelRole.CHAMPION, "source": source,
+            },
+        )
+        with connection.cursor() as cursor, connection.wrap_database_errors:
+            with psycopg.Cursor(cursor.cursor.connection) as raw, raw.copy(_api_sql()[1]) as copy:
+                copy.write(payload)
+    return list(map(
+        Prediction, uuid_strings(ids), symbols, batch.actions.tolist(), batch.probabilities.tolist(), confidences.tolist(),
+        batch.values.tolist(), repeat(policy.version, n), repeat(shadow, n), repeat(source, n), repeat(ModelRole.CHAMPION, n),
+    ))
 
 
-def _random_blocks(n: int) -> list[bytes]:
-    raw = os.urandom(16 * n)
-    return [raw[i:i + 16] for i in range(0, 16 * n, 16)]
+def _api_create(ids, observations, vectors, batch, confidences, version, shadow, source, created_at) -> None:
+    """Store API decisions through the ORM (databases other than PostgreSQL)."""
+    Decision.objects.bulk_create([
+        _new_decision(
+            decision_id=uuid.UUID(bytes=raw.tobytes()), symbol=obs.get("symbol") or "", observation=obs,
+            features=vector.astype(FLOAT32_BE).tobytes(), feature_spec_version=FEATURE_SPEC_VERSION, action=action,
+            probabilities=probs, confidence=confidence, value=value, model_version=version, role=ModelRole.CHAMPION,
+            shadow_mode=shadow, source=source, created_at=created_at,
+        )
+        for raw, obs, vector, action, probs, confidence, value in zip(
+            ids, observations, vectors, batch.actions.tolist(), batch.probabilities.tolist(), confidences.tolist(),
+            batch.values.tolist(),
+        )
+    ])
 
 
-@dataclass(frozen=True)
-class _ApiRows:
-    """The rows of an API prediction call, by column."""
-
-    predictions: list[Prediction]
-    observations: Sequence[dict]
-    features: np.ndarray  # (N, 64) big-endian float32: each row's bytes are its column value
-    created_at: datetime
-
-    def decisions(self) -> list[Decision]:
-        return [
-            _new_decision(
-                decision_id=p.decision_id, symbol=p.symbol, observation=obs, features=vector.tobytes(),
-                feature_spec_version=FEATURE_SPEC_VERSION, action=p.action, probabilities=p.probabilities,
-                confidence=p.confidence, value=p.value, model_version=p.model_version, role=p.role,
-                shadow_mode=p.shadow_mode, source=p.source, created_at=self.created_at,
-            )
-            for p, obs, vector in zip(self.predictions, self.observations, self.features)
-        ]
-
-
-# The columns an API decision sets (the others are NULL: no stream entry, correlation or trace id).
+# The columns of the one-row INSERT of an API decision (the others are NULL: no stream entry,
+# correlation or trace id).
 _API_COLUMNS = (
     "decision_id", "symbol", "observation", "features", "feature_spec_version", "action", "probabilities",
     "confidence", "value", "model_version", "role", "shadow_mode", "source", "created_at",
 )
-# Binary COPY: each value is sent as the bytes of its type's binary form. jsonb's is a version
-# byte (1) and the JSON text; uuid's its 16 bytes; the features are already their column's bytes.
-_API_COPY_TYPES = ("bytea", "text", "bytea", "bytea", "text", "int2", "bytea", "float8", "float8", "text",
-                   "text", "bool", "text", "timestamptz")
-_JSONB_V1 = b"\x01"
-
-
-def _api_insert_one(rows: _ApiRows) -> None:
-    (p,), obs = rows.predictions, rows.observations[0]
-    params = [
-        p.decision_id, p.symbol, Jsonb(obs, dumps=_orjson_text), rows.features[0].tobytes(), FEATURE_SPEC_VERSION,
-        p.action, Jsonb(p.probabilities, dumps=_orjson_text), p.confidence, p.value, p.model_version, p.role,
-        p.shadow_mode, p.source, rows.created_at,
-    ]
-    _execute_prepared(_api_sql()[0], params)
-
-
-def _api_copy(rows: _ApiRows) -> None:
-    created, spec = rows.created_at, FEATURE_SPEC_VERSION
-    with connection.cursor() as cursor, connection.wrap_database_errors:
-        with psycopg.Cursor(cursor.cursor.connection) as raw, raw.copy(_api_sql()[1]) as copy:
-            copy.set_types(_API_COPY_TYPES)
-            write = copy.write_row
-            for p, obs, vector in zip(rows.predictions, rows.observations, rows.features):
-                write((
-                    p.decision_id.bytes, p.symbol, _JSONB_V1 + orjson.dumps(obs), vector.tobytes(), spec, p.action,
-                    _JSONB_V1 + orjson.dumps(p.probabilities), p.confidence, p.value, p.model_version, p.role,
-                    p.shadow_mode, p.source, created,
-                ))
 
 
 @functools.cache
@@ -242,11 +217,14 @@ def _api_sql() -> tuple[str, str]:
     """The one-row INSERT and the batch COPY of API decisions."""
     quote = connection.ops.quote_name
     table = quote(Decision._meta.db_table)
-    columns = ", ".join(quote(Decision._meta.get_field(name).column) for name in _API_COLUMNS)
+
+    def columns(names):
+        return ", ".join(quote(Decision._meta.get_field(name).column) for name in names)
+
     placeholders = ", ".join(["%s"] * len(_API_COLUMNS))
     return (
-        f"INSERT INTO {table} ({columns}) VALUES ({placeholders})",
-        f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)",
+        f"INSERT INTO {table} ({columns(_API_COLUMNS)}) VALUES ({placeholders})",
+        f"COPY {table} ({columns(pgcopy.COLUMNS)}) FROM STDIN (FORMAT BINARY)",
     )
 
 
@@ -350,7 +328,7 @@ def _decisions_insert(rows: list[Decision]) -> set[uuid.UUID] | None:
     if len(rows) == 1:
         # One row (a batch of one signal): plain typed parameters cost PostgreSQL less than a document.
         values = vars(rows[0])
-        params = [Jsonb(values[name], dumps=_orjson_text) if column in json_columns else values[name] for column, name in pairs]
+        params = [_one_row_value(column, values[name], json_columns) for column, name in pairs]
         sql = one_row_sql
     else:
         # orjson writes UUIDs and aware datetimes (RFC 3339) itself; PostgreSQL parses both.
@@ -390,9 +368,16 @@ def _orjson_text(value) -> str:
     return orjson.dumps(value).decode()
 
 
+def _one_row_value(column: str, value, json_columns: frozenset[str]):
+    if column in json_columns:
+        return Jsonb(value, dumps=_orjson_text)
+    return observation_encode(value) if column == "observation" else value
+
+
 def _row_values(values: dict, pairs: list[tuple[str, str]]) -> dict:
     row = {column: values[name] for column, name in pairs}
     row["features"] = "\\x" + row["features"].hex()  # bytea's text form in the JSON document
+    row["observation"] = observation_encode(row["observation"])  # a JSON array for float8[]
     return row
 
 

@@ -51,6 +51,47 @@ def test_predict_batch_returns_a_list_in_order(reader_api):
     assert Decision.objects.count() == 3
 
 
+def test_a_batch_stores_exactly_what_it_answered(reader_api):
+    """Every column of a batch's rows (one binary COPY laid out by numpy) holds what the answer
+    said and the policy saw, to the bit; one observation (a prepared INSERT) stores the same."""
+    import uuid
+
+    import numpy as np
+
+    from training.rl.features import observations_to_matrix, validate_observation
+
+    observations = [
+        {"rsi": 12.5, "symbol": "BTCUSDT", "macd": -0.25, "regime": "breakout", "time_of_day": 0.1},
+        {"rsi": 50, "volatility": 1e-9, "price_change_1m": -0.999999, "position_side": -1, "position_size": 1.5},
+        {"symbol": "ETH/USDT:PERP-2", "regime": "MEAN_REVERSION", "balance": 1e15, "equity": 123456.789},
+        {"symbol": "X", "spread": 0.0, "volume_ratio": 1000, "bollinger_position": -100},
+    ] * 3
+    before = timezone.now()
+    batch = reader_api.post(API + "predict", {"observations": observations}, format="json").json()
+    one = reader_api.post(API + "predict", observations[0], format="json").json()
+    rows = {str(d.decision_id): d for d in Decision.objects.all()}
+    assert len(rows) == len(observations) + 1
+    clean = [validate_observation(o) for o in observations]
+    features = observations_to_matrix(clean)
+    for answer, obs, vector in [*zip(batch, clean, features), (one, clean[0], features[0])]:
+        d = rows[answer["decision_id"]]
+        assert uuid.UUID(answer["decision_id"]).version == 7
+        assert d.symbol == answer["symbol"] == obs.get("symbol", "")
+        assert d.observation == {k: v for k, v in obs.items() if k != "symbol"}
+        assert np.array_equal(np.asarray(d.features, dtype=np.float32).view(np.uint32), vector.view(np.uint32))
+        assert (d.action, ACTION_NAMES[d.action]) == (answer["action_code"], answer["action"])
+        assert d.probabilities == list(answer["probabilities"].values())  # float8: exactly the answer's numbers
+        assert (d.confidence, d.value, d.model_version, d.shadow_mode) == (
+            answer["confidence"], answer["value"], answer["model_version"], answer["shadow_mode"])
+        assert (d.role, d.source, d.feature_spec_version) == ("champion", DecisionSource.API, "rlv3-features-1")
+        assert (d.stream_entry_id, d.correlation_id, d.trace_id) == (None, None, None)
+        assert before <= d.created_at <= timezone.now()
+    assert len({rows[a["decision_id"]].created_at for a in batch}) == 1  # one batch, one time
+    # The same observation alone: the same decision (float32 sums in another order may differ in the last bits).
+    assert (one["action"], one["symbol"], one["model_version"]) == (batch[0]["action"], batch[0]["symbol"], batch[0]["model_version"])
+    assert (one["value"], one["confidence"]) == (pytest.approx(batch[0]["value"], rel=1e-5), pytest.approx(batch[0]["confidence"], rel=1e-5))
+
+
 def test_predict_is_deterministic_for_the_same_observation(reader_api):
     first = reader_api.post(API + "predict", {"rsi": 70, "macd": 0.5}, format="json").json()
     second = reader_api.post(API + "predict", {"rsi": 70, "macd": 0.5}, format="json").json()
@@ -139,7 +180,8 @@ def test_status_counts_a_large_table_from_statistics_not_by_scanning_it(reader_a
         cursor.execute(
             "INSERT INTO decisions_decision (decision_id, symbol, observation, features, feature_spec_version, action,"
             " probabilities, confidence, value, model_version, role, shadow_mode, source, created_at)"
-            " SELECT gen_random_uuid(), 'BTCUSDT', '{}', '', '', 0, '[1, 0, 0, 0, 0, 0]', 1, 0, 'untrained',"
+            " SELECT gen_random_uuid(), 'BTCUSDT', array_fill(0.5::float8, ARRAY[37]), '', '', 0, '{1, 0, 0, 0, 0, 0}', 1, 0,"
+            " 'untrained',"
             " 'champion', true, 'api', now() FROM generate_series(1, %s)",
             [rows],
         )

@@ -55,3 +55,47 @@ def test_features_become_float32_bytes_and_come_back_as_the_same_numbers():
     finally:
         executor = MigrationExecutor(connection)
         executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+ARRAYS = ("decisions", "0005_decision_float_arrays")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_observations_and_probabilities_become_float8_arrays_and_come_back():
+    from training.rl.features import OBSERVATION_DEFAULTS
+
+    full = {**OBSERVATION_DEFAULTS, "rsi": 12.5, "macd": -0.1, "regime": "BREAKOUT", "balance": 1e15, "symbol": "BTCUSDT"}
+    probabilities = [0.1, 0.2, 0.3, 0.15, 0.05, 0.2]
+    try:
+        executor = _migrate(FEATURES)
+        old = executor.loader.project_state([FEATURES]).apps.get_model("decisions", "Decision")
+        for symbol, observation in [("BTCUSDT", full), ("", {"rsi": 70, "regime": "MEAN_REVERSION"}), ("Z", {})]:
+            old.objects.create(
+                symbol=symbol, observation=observation, features=[0.5] * 64, action=1, probabilities=probabilities,
+                confidence=0.2, value=0.0, model_version="1", shadow_mode=True, source="api",
+            )
+
+        _migrate(ARRAYS)
+        from decisions.models import Decision
+
+        stored = dict(Decision.objects.values_list("symbol", "observation"))
+        assert stored["BTCUSDT"] == {k: v for k, v in full.items() if k != "symbol"}  # the symbol is its own column
+        assert stored[""] == {**OBSERVATION_DEFAULTS, "rsi": 70.0, "regime": "MEAN_REVERSION"}  # defaults filled in
+        assert stored["Z"] == OBSERVATION_DEFAULTS
+        assert list(Decision.objects.values_list("probabilities", flat=True)) == [probabilities] * 3
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT observation[5], observation[37], array_length(observation, 1), probabilities[3]"
+                               " FROM decisions_decision WHERE symbol = 'BTCUSDT'")
+                assert cursor.fetchone() == (12.5, 2.0, 37, 0.3)  # rsi, BREAKOUT's index, 36 numbers and the regime
+
+        _migrate(FEATURES)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT symbol, observation, probabilities FROM decisions_decision")
+            back = {s: tuple(json.loads(v) if isinstance(v, str) else v for v in (o, p)) for s, o, p in cursor.fetchall()}
+        assert back["BTCUSDT"] == (full, probabilities)  # numbers compare as numbers: 50 == 50.0
+        assert back[""] == ({**OBSERVATION_DEFAULTS, "rsi": 70.0, "regime": "MEAN_REVERSION"}, probabilities)
+        assert back["Z"] == ({**OBSERVATION_DEFAULTS, "symbol": "Z"}, probabilities)
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.migrate(executor.loader.graph.leaf_nodes())

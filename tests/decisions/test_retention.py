@@ -20,9 +20,13 @@ from decisions.retention import retention_archive, retention_delete, verify_chec
 pytestmark = pytest.mark.django_db
 
 
+# An experience's observation is JSON: text that needs quoting in a CSV must survive the archive.
+OUTCOME_OBSERVATION = {"rsi": 40.0, "note": "a,\"quoted\"\nline"}
+
+
 def _decision(days_ago: float, symbol: str = "BTCUSDT") -> Decision:
     return Decision.objects.create(
-        symbol=symbol, observation={"rsi": 50.0, "note": "a,\"quoted\"\nline"}, features=[0.5] * 64, action=1,
+        symbol=symbol, observation={"rsi": 40.0, "regime": "RANGE"}, features=[0.5] * 64, action=1,
         probabilities=[0.1, 0.5, 0.1, 0.1, 0.1, 0.1], confidence=0.5, value=0.25, model_version="3",
         shadow_mode=True, source=DecisionSource.STREAM, created_at=timezone.now() - timedelta(days=days_ago),
     )
@@ -30,7 +34,7 @@ def _decision(days_ago: float, symbol: str = "BTCUSDT") -> Decision:
 
 def _experience(decision: Decision, days_ago: float, pnl: float = 12.5) -> Experience:
     return Experience.objects.create(
-        decision=decision, symbol=decision.symbol, observation=decision.observation, action=decision.action,
+        decision=decision, symbol=decision.symbol, observation=OUTCOME_OBSERVATION, action=decision.action,
         behaviour_probabilities=decision.probabilities, model_version=decision.model_version, reward=0.01,
         pnl=pnl, roi=1.0, closed_at=timezone.now() - timedelta(days=days_ago),
     )
@@ -56,6 +60,9 @@ def test_old_rows_are_archived_with_checksums_then_deleted(tmp_path):
     recent = [_decision(2), _decision(29)]
     _experience(recent[0], 1)
 
+    stored_observation = Decision.objects.get(pk=old_paired[0].pk).observation
+    assert (stored_observation["rsi"], stored_observation["regime"], stored_observation["volatility"]) == (40.0, "RANGE", 0.02)
+
     summary = _run(tmp_path, "--batch", "2")
 
     assert summary["decisions_archived"] == 8 and summary["experiences_archived"] == 3
@@ -69,12 +76,13 @@ def test_old_rows_are_archived_with_checksums_then_deleted(tmp_path):
     archived = _rows(decisions_file)
     assert sorted(int(r["id"]) for r in archived) == sorted(d.pk for d in old_unpaired + old_paired)
     first = next(r for r in archived if int(r["id"]) == old_paired[0].pk)
-    assert json.loads(first["observation"]) == old_paired[0].observation  # JSON survives CSV quoting
+    assert json.loads(first["observation"]) == stored_observation  # the stored fields, defaults included
     assert json.loads(first["features"]) == [0.5] * 64 and first["decision_id"] == str(old_paired[0].decision_id)
     exp_rows = _rows(experiences_file)
     assert sorted(int(r["id"]) for r in exp_rows) == sorted(e.pk for e in old_experiences)
     assert {int(r["decision_id"]) for r in exp_rows} == {d.pk for d in old_paired}  # archived together
     assert sorted(float(r["pnl"]) for r in exp_rows) == [0.0, 1.0, 2.0]
+    assert all(json.loads(r["observation"]) == OUTCOME_OBSERVATION for r in exp_rows)  # JSON survives CSV quoting
     # What stays: the recent rows, and the old decision whose outcome is recent (with that outcome).
     assert set(Decision.objects.values_list("pk", flat=True)) == {old_with_fresh_outcome.pk, *(d.pk for d in recent)}
     assert Experience.objects.filter(pk=fresh_outcome.pk).exists() and Experience.objects.count() == 2
