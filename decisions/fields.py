@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 from django.core.exceptions import ValidationError
 from django.db import models
 
-from training.rl.features import OBSERVATION_DEFAULTS, REGIMES
+from training.rl.features import ObservationError, observation_from_values, observation_values
 
 # Big-endian IEEE 754 single precision: the byte order of PostgreSQL's own binary float4
 # (float4send), so SQL can build and read the same bytes.
@@ -64,6 +63,13 @@ class Float32VectorField(models.BinaryField):
         return json.dumps(self.to_python(value))
 
 
+def float_array_literal(values: list[float]) -> str:
+    """PostgreSQL's text form of a float8[] (``{0.1,2.5}``): repr gives each float's shortest exact
+    digits. A parameter as this text costs a few µs; as a Python list, psycopg's array dumper takes
+    about 2 µs per element."""
+    return "{" + ",".join(map(repr, values)) + "}"
+
+
 class FloatArrayField(models.Field):
     """A list of floats: ``double precision[]`` on PostgreSQL (binary input is a copy, where jsonb
     parsed every number into a numeric, the larger part of a decision's insert cost), a JSON array
@@ -95,64 +101,36 @@ class FloatArrayField(models.Field):
         if value is None:
             return None
         values = np.asarray(value, dtype=np.float64).ravel().tolist()
-        return values if connection.vendor == "postgresql" else json.dumps(values, allow_nan=False)
+        return float_array_literal(values) if connection.vendor == "postgresql" else json.dumps(values, allow_nan=False)
 
     def value_to_string(self, obj):
         """Serialized (dumpdata) as JSON."""
         return json.dumps(self.value_from_object(obj))
 
 
-# The stored order of an observation's values: its numeric fields in the feature module's order
-# (OBSERVATION_DEFAULTS), then the regime's index in REGIMES. FEATURE_SPEC_VERSION changes
-# whenever the fields do, and each decision row records the version it was stored under.
-OBSERVATION_NUMBERS = tuple(name for name in OBSERVATION_DEFAULTS if name != "regime")
-OBSERVATION_REGIMES = REGIMES
-OBSERVATION_LENGTH = len(OBSERVATION_NUMBERS) + 1
-_REGIME_CODE = {name: float(code) for code, name in enumerate(OBSERVATION_REGIMES)}
-_numbers_of = operator.itemgetter(*OBSERVATION_NUMBERS)
-
-
-def observation_encode(obs: Mapping) -> list[float]:
-    """The stored values of an observation (a missing field takes its default; ``symbol`` is kept
-    in the decision's own column)."""
-    regime = obs.get("regime", OBSERVATION_DEFAULTS["regime"])
-    if regime not in _REGIME_CODE:
-        raise ValidationError(f"regime must be one of {', '.join(OBSERVATION_REGIMES)}, got {regime!r}")
-    return [float(obs.get(name, OBSERVATION_DEFAULTS[name])) for name in OBSERVATION_NUMBERS] + [_REGIME_CODE[regime]]
-
-
-def observations_encode(observations: Sequence[Mapping]) -> np.ndarray:
-    """The stored values of validated observations (every field present), as an (N, 37) float64
-    matrix, in one pass."""
-    out = np.empty((len(observations), OBSERVATION_LENGTH), dtype=np.float64)
-    out[:, :-1] = [_numbers_of(obs) for obs in observations]
-    out[:, -1] = [_REGIME_CODE[obs["regime"]] for obs in observations]
-    return out
-
-
-def observation_decode(values: Sequence[float]) -> dict:
-    if len(values) != OBSERVATION_LENGTH:
-        raise ValueError(f"expected {OBSERVATION_LENGTH} stored observation values, got {len(values)}")
-    obs = dict(zip(OBSERVATION_NUMBERS, values))
-    obs["regime"] = OBSERVATION_REGIMES[int(values[-1])]
-    return obs
-
-
 class ObservationField(FloatArrayField):
     """The observation fields a decision was taken on, stored as their values in a fixed order
-    (``OBSERVATION_NUMBERS``, then the regime's index): 37 float8 in a ``double precision[]``.
-    In Python the value is the dict of fields (without ``symbol``, which is the row's own column)."""
+    (``training.rl.features.OBSERVATION_NUMBERS``, then the regime's index in REGIMES): 37 float8 in
+    a ``double precision[]``. FEATURE_SPEC_VERSION changes whenever the fields do, and each decision
+    row records the version it was stored under. In Python the value is the dict of fields (without
+    ``symbol``, which is the row's own column)."""
 
     description = "Observation fields as float64 values"
 
     def to_python(self, value):
         if value is None or isinstance(value, dict):
             return value
-        return observation_decode(super().to_python(value))
+        try:
+            return observation_from_values(super().to_python(value))
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from exc
 
     def get_db_prep_value(self, value, connection, prepared=False):
         if isinstance(value, Mapping):
-            value = observation_encode(value)
+            try:
+                value = observation_values(value)
+            except ObservationError as exc:
+                raise ValidationError(str(exc)) from exc
         return super().get_db_prep_value(value, connection, prepared)
 
     def value_to_string(self, obj):

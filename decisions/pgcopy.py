@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from .fields import OBSERVATION_LENGTH
+from training.rl.features import OBSERVATION_LENGTH
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)  # no flags, no header extension
 TRAILER = struct.pack(">h", -1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,11 +22,18 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from training.rl.features import FEATURE_SPEC_VERSION, observations_to_matrix
+from training.rl.features import (
+    FEATURE_SPEC_VERSION,
+    ObservationBatch,
+    observation_values,
+    observations_pack,
+    observations_to_matrix,
+    values_to_matrix,
+)
 
 from . import metrics
 from . import pgcopy
-from .fields import FLOAT32_BE, observation_encode, observations_encode
+from .fields import FLOAT32_BE, float_array_literal
 from .ids import uuid7_bytes, uuid7_list, uuid_strings
 from .models import Decision, DecisionSource, Experience, MarketBar, ModelRole, ShadowModeChange, ShadowModeState
 from .serving import ServedPolicy, policy_server
@@ -143,8 +149,9 @@ class Prediction(NamedTuple):
 
 
 @metrics.counts_decisions
-def decisions_predict(*, observations: Sequence[dict], source: str = DecisionSource.API) -> list[Prediction]:
-    """Score validated observations with the champion and store one Decision each.
+def decisions_predict(*, observations: ObservationBatch | Sequence[dict], source: str = DecisionSource.API) -> list[Prediction]:
+    """Score validated observations (a batch from `validate_observations`, or `validate_observation`
+    dicts) with the champion and store one Decision each.
 
     API decisions have no stream entry or correlation id, so nothing can conflict: on PostgreSQL one
     observation is one prepared INSERT and a batch is one binary COPY laid out by numpy
@@ -153,26 +160,31 @@ def decisions_predict(*, observations: Sequence[dict], source: str = DecisionSou
     server = policy_server()
     policy = server.champion()
     shadow = server.shadow_mode()  # cached for about a second: the hot path makes no query for it
-    vectors = observations_to_matrix(observations)
+    if isinstance(observations, ObservationBatch):
+        vectors = values_to_matrix(observations.values)
+    else:
+        vectors = observations_to_matrix(observations)
+        observations = observations_pack(observations)
+    values, symbols = observations
     batch = policy.runtime.predict_batch(vectors)
-    n = len(observations)
+    n = len(values)
     if not (np.isfinite(batch.values).all() and np.isfinite(batch.probabilities).all()):
         raise ValueError("the policy returned a non-finite value or probability")
     confidences = np.clip(batch.probabilities[np.arange(n), batch.actions], 0.0, 1.0)
     ids = uuid7_bytes(n)
-    symbols = [obs.get("symbol") or "" for obs in observations]
     created_at = timezone.now()
     if connection.vendor != "postgresql":
         _api_create(ids, observations, vectors, batch, confidences, policy.version, shadow, source, created_at)
     elif n == 1:
         _execute_prepared(_api_sql()[0], [
-            uuid.UUID(bytes=ids[0].tobytes()), symbols[0], observation_encode(observations[0]), vectors[0].astype(FLOAT32_BE).tobytes(),
-            FEATURE_SPEC_VERSION, int(batch.actions[0]), batch.probabilities[0].tolist(), float(confidences[0]),
+            uuid.UUID(bytes=ids[0].tobytes()), symbols[0], float_array_literal(values[0].tolist()),
+            vectors[0].astype(FLOAT32_BE).tobytes(), FEATURE_SPEC_VERSION, int(batch.actions[0]),
+            float_array_literal(batch.probabilities[0].tolist()), float(confidences[0]),
             float(batch.values[0]), policy.version, ModelRole.CHAMPION, shadow, source, created_at,
         ])
     else:
         payload = pgcopy.copy_payload(
-            ids=ids, observations=observations_encode(observations), features=vectors, actions=batch.actions,
+            ids=ids, observations=values, features=vectors, actions=batch.actions,
             probabilities=batch.probabilities, confidences=confidences, values=batch.values, shadow_mode=shadow,
             created_at=created_at, symbols=symbols, constants={
                 "feature_spec_version": FEATURE_SPEC_VERSION, "model_version": policy.version,
@@ -188,18 +200,18 @@ def decisions_predict(*, observations: Sequence[dict], source: str = DecisionSou
     ))
 
 
-def _api_create(ids, observations, vectors, batch, confidences, version, shadow, source, created_at) -> None:
+def _api_create(ids, observations: ObservationBatch, vectors, batch, confidences, version, shadow, source, created_at) -> None:
     """Store API decisions through the ORM (databases other than PostgreSQL)."""
     Decision.objects.bulk_create([
         _new_decision(
-            decision_id=uuid.UUID(bytes=raw.tobytes()), symbol=obs.get("symbol") or "", observation=obs,
+            decision_id=uuid.UUID(bytes=raw.tobytes()), symbol=symbol, observation=values,
             features=vector.astype(FLOAT32_BE).tobytes(), feature_spec_version=FEATURE_SPEC_VERSION, action=action,
             probabilities=probs, confidence=confidence, value=value, model_version=version, role=ModelRole.CHAMPION,
             shadow_mode=shadow, source=source, created_at=created_at,
         )
-        for raw, obs, vector, action, probs, confidence, value in zip(
-            ids, observations, vectors, batch.actions.tolist(), batch.probabilities.tolist(), confidences.tolist(),
-            batch.values.tolist(),
+        for raw, values, symbol, vector, action, probs, confidence, value in zip(
+            ids, observations.values.tolist(), observations.symbols, vectors, batch.actions.tolist(),
+            batch.probabilities.tolist(), confidences.tolist(), batch.values.tolist(),
         )
     ])
 
@@ -371,13 +383,15 @@ def _orjson_text(value) -> str:
 def _one_row_value(column: str, value, json_columns: frozenset[str]):
     if column in json_columns:
         return Jsonb(value, dumps=_orjson_text)
-    return observation_encode(value) if column == "observation" else value
+    if column == "observation":
+        return float_array_literal(observation_values(value))
+    return float_array_literal(value) if column == "probabilities" else value
 
 
 def _row_values(values: dict, pairs: list[tuple[str, str]]) -> dict:
     row = {column: values[name] for column, name in pairs}
     row["features"] = "\\x" + row["features"].hex()  # bytea's text form in the JSON document
-    row["observation"] = observation_encode(row["observation"])  # a JSON array for float8[]
+    row["observation"] = observation_values(row["observation"])  # a JSON array for float8[]
     return row
 
 

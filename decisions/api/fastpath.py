@@ -50,14 +50,14 @@ from decisions.api.errors import database_unavailable
 from decisions.api.parsers import StrictJSONParser, parse_json
 from decisions.api.serializers import PredictionSerializer
 from rlv3site.middleware import REQUEST_ID_HEADER, request_id_from
-from training.rl.features import ObservationError, validate_observation
+from training.rl.features import ObservationBatch, ObservationError, validate_observation, validate_observations
 
 _authentication = CachedTokenAuthentication()
 _JSON = StrictJSONParser.media_type
 PREDICT_SCOPE = "predict"  # PredictView.throttle_scope
 
 
-def _observations(data) -> list[dict] | None:
+def _observations(data) -> ObservationBatch | list[dict] | None:
     """The validated observations of a parsed body, or None if anything is wrong with it."""
     if not isinstance(data, dict):
         return None
@@ -67,7 +67,7 @@ def _observations(data) -> list[dict] | None:
         items = data["observations"]
         if not isinstance(items, list) or not 1 <= len(items) <= settings.RLV3_MAX_BATCH:
             return None
-        return [validate_observation(item) for item in items]
+        return validate_observations(items)
     except ObservationError:
         return None
 
@@ -114,7 +114,7 @@ def fast_predict(view, request) -> HttpResponse | None:
 
 
 @metrics.predict_timed("api")
-def _predict(observations: list[dict], *, single: bool) -> HttpResponse:
+def _predict(observations: ObservationBatch | list[dict], *, single: bool) -> HttpResponse:
     try:
         predictions = services.decisions_predict(observations=observations)
     except (OperationalError, InterfaceError) as exc:

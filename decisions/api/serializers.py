@@ -8,12 +8,12 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from decisions.api.schema import DATASET_PATTERN
+from decisions.api.schema import DATASET_PATTERN, observation_schema
 
 from decisions.models import Decision, Experience, ShadowModeChange
 from training.models import ModelVersion, TrainingRun
 from training.rl.actions import ACTION_NAMES
-from training.rl.features import OBSERVATION_DEFAULTS, REGIMES, ObservationError, validate_observation
+from training.rl.features import OBSERVATION_DEFAULTS, REGIMES, ObservationError, validate_observation, validate_observations
 
 
 def _observation_fields() -> dict[str, serializers.Field]:
@@ -63,13 +63,10 @@ class PredictBatchSerializer(serializers.Serializer):
             raise serializers.ValidationError(
                 {"observations": [f"at most {settings.RLV3_MAX_BATCH} observations per request, got {len(items)}"]}
             )
-        clean = []
-        for index, item in enumerate(items):
-            try:
-                clean.append(validate_observation(item))
-            except ObservationError as exc:
-                raise serializers.ValidationError({f"observations[{index}].{exc.field}": [exc.reason]}) from None
-        return {"observations": clean}
+        try:
+            return {"observations": validate_observations(items)}
+        except ObservationError as exc:
+            raise serializers.ValidationError({f"observations[{exc.index}].{exc.field}": [exc.reason]}) from None
 
 
 class PredictionSerializer(serializers.Serializer):
@@ -195,9 +192,18 @@ class ShadowModeResponseSerializer(serializers.Serializer):
     change = ShadowModeChangeSerializer()
 
 
+@extend_schema_field(observation_schema())
+class StoredObservationField(serializers.DictField):
+    """A decision's observation: every field the policy saw, defaults filled in (ObservationField's
+    dict; the symbol is the decision's own field)."""
+
+
 class DecisionSerializer(serializers.ModelSerializer):
     action = serializers.SerializerMethodField()
     action_code = serializers.IntegerField(source="action")
+    observation = StoredObservationField(read_only=True)
+    probabilities = serializers.ListField(
+        child=serializers.FloatField(), read_only=True, help_text="The policy's probability of each action, by action code.")
 
     class Meta:
         model = Decision

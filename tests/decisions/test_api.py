@@ -274,7 +274,11 @@ def test_experiences_are_filtered_and_paginated(reader_api):
 def test_decisions_list_filters(reader_api):
     _decision("BTCUSDT", action=2)
     _decision("ETHUSDT", action=0, shadow_mode=False)
-    assert len(reader_api.get(API + "decisions").json()["results"]) == 2
+    results = reader_api.get(API + "decisions").json()["results"]
+    assert len(results) == 2
+    # The stored observation is an object of every field (defaults filled in), the probabilities a list.
+    assert results[0]["observation"]["rsi"] == 50.0 and results[0]["observation"]["regime"] == "TREND"
+    assert len(results[0]["observation"]) == 37 and results[0]["probabilities"] == [0.1, 0.5, 0.1, 0.1, 0.1, 0.1]
     assert [d["symbol"] for d in reader_api.get(API + "decisions", {"shadow_mode": "false"}).json()["results"]] == ["ETHUSDT"]
     assert reader_api.get(API + "decisions", {"action": "SHORT"}).json()["results"][0]["action"] == "SHORT"
 

@@ -5,7 +5,8 @@ Training and serving share every line here: the REST API and the stream consumer
 from its state with :func:`market_fields` (per bar, at load) and :func:`state_to_observation`, and its
 vectorised form runs the same position arithmetic on arrays (:func:`position_fields`,
 :func:`position_block`), so a vector from an environment state equals, bit for bit, the vector from
-the equivalent fields.
+the equivalent fields. The batch form, :func:`observations_to_matrix`, runs the same operations
+vectorised over the observations and gives the same float32 bits as one observation_to_vector per row.
 
 Observation fields
 ==================
@@ -96,9 +97,11 @@ under a different one.
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 import re
+import struct
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -202,6 +205,7 @@ class ObservationError(ValueError):
     def __init__(self, field: str, reason: str):
         self.field = field
         self.reason = reason
+        self.index: int | None = None  # the observation's position, from validate_observations
         super().__init__(f"{field}: {reason}")
 
 
@@ -421,12 +425,295 @@ def observation_to_vector(obs: Mapping[str, Any]) -> np.ndarray:
     return np.array(dims, dtype=np.float32)
 
 
+# The batch form (observations_to_matrix): observation_to_vector's operations on columns of N
+# observations, in the same order and association (numpy rounds + - * / as Python does), with the math
+# module's log, tanh, sin and cos per element (numpy's own SIMD versions may differ in the last bit).
+# Dims that get the same operations are computed together, as a block of rows.
+# The numeric fields in the order they are packed: the fields of a block are adjacent.
+_BATCH_FIELDS = (
+    *_RET_KEYS,
+    "volatility", "volatility_long", "atr", "bollinger_width", "volume_ratio", "spread",
+    "rsi", "rsi_fast", "stochastic_k",
+    "trend_strength", "close_location",
+    "time_of_day", "time_of_week",
+    "trend_slope", "trend_slope_long",
+    "high_distance", "low_distance",
+    "macd", "macd_signal", "ema_distance", "bollinger_position", "bar_range",
+    *POSITION_FIELDS,
+)
+assert sorted(_BATCH_FIELDS) == sorted(_NUMERIC)
+
+
+def _rows(*names: str) -> slice:
+    """The rows of ``names`` in the packed columns (adjacent, in this order)."""
+    first = _BATCH_FIELDS.index(names[0])
+    assert _BATCH_FIELDS[first : first + len(names)] == names
+    return slice(first, first + len(names))
+
+
+def _column(*values: float) -> np.ndarray:
+    """One value per row of a block."""
+    return np.array(values)[:, None]
+
+
+_RET_ROWS = _rows(*_RET_KEYS)
+_FLOORED_ROWS = _rows("volatility", "volatility_long", "atr", "bollinger_width", "volume_ratio", "spread")
+_FLOORS = _column(SIGMA_FLOOR, SIGMA_FLOOR, SIGMA_FLOOR, SIGMA_FLOOR, 0.05, 1e-5)
+_CENTRED_ROWS = _rows("rsi", "rsi_fast", "stochastic_k")
+_UNIT_ROWS = _rows("trend_strength", "close_location")
+_TIME_ROWS = _rows("time_of_day", "time_of_week")
+_SLOPE_ROWS = _rows("trend_slope", "trend_slope_long")
+_DISTANCE_ROWS = _rows("high_distance", "low_distance")
+_POSITION_ROWS = _rows(*POSITION_FIELDS)
+_batch_values = operator.itemgetter(*_BATCH_FIELDS)
+_pack_batch_values = struct.Struct(f"{len(_BATCH_FIELDS)}d").pack
+_REGIME_INDEX = {r: i for i, r in enumerate(REGIMES)}
+_REGIME_ONE_HOT_TABLE = np.array([_REGIME_ONE_HOT[r] for r in REGIMES])  # [regime index, dim]
+_SQRT_H_COLUMN = _column(*_SQRT_H)
+# The dims market_block clips to [-3, 3], in the order _market_columns stacks them.
+_CLIPPED_DIMS = (12, 39, 20, 19, 28, 29, 13, 21, 15, 16, 17, 22, 40, 41, 18)
+# Below this many observations the per-row loop is faster (numpy's per-call overhead dominates).
+_BATCH_MIN_ROWS = 20
+
+
+def _where_min(a: Any, b: Any) -> np.ndarray:
+    return np.where(a < b, a, b)  # _min; np.fmin(-0.0, 0.0) is -0.0 where _min gives 0.0
+
+
+def _where_max(a: Any, b: Any) -> np.ndarray:
+    return np.where(a > b, a, b)  # _max; np.fmax(-0.0, 0.0) is -0.0 where _max gives 0.0
+
+
+# SCALAR_OPS on arrays, bit for bit including the sign of zero (ARRAY_OPS is not, for zeros).
+_WHERE_OPS = _Ops(_where_min, _where_max, np.sign)
+
+
+def _clipped(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """_clip on a new array, in place, by its comparisons (np.clip may return the other zero)."""
+    np.copyto(x, lo, where=x < lo)
+    np.copyto(x, hi, where=x > hi)
+    return x
+
+
+def _per_element(*calls: tuple[Any, np.ndarray]) -> np.ndarray:
+    """(math function, rows) pairs -> the function of every element of its rows, all rows stacked."""
+    values = itertools.chain.from_iterable(map(fn, memoryview(rows.reshape(-1))) for fn, rows in calls)
+    total = sum(rows.size for _, rows in calls)
+    return np.fromiter(values, np.float64, total).reshape(-1, calls[0][1].shape[-1])
+
+
+def _market_columns(x: np.ndarray, regime: np.ndarray, floored: np.ndarray, out: np.ndarray) -> list[np.ndarray]:
+    """:func:`market_block` on columns: dims 0-43 into ``out[:, :44]``; returns dims CROSS_DIMS (float64).
+
+    ``x`` is the packed (field, N) columns, ``floored`` x[_FLOORED_ROWS] floored at _FLOORS.
+    """
+    f = dict(zip(_BATCH_FIELDS, x))
+    sig, sig_long, atr_floor = floored[0], floored[1], floored[2]
+    rets = x[_RET_ROWS]
+    raw = 40.0 * rets
+    raw /= _SQRT_H_COLUMN
+    out[:, 6:12] = _per_element((math.tanh, raw)).T
+    angles = (2.0 * math.pi) * x[_TIME_ROWS]
+    cyclic = ((math.sin, angles[0]), (math.cos, angles[0]), (math.sin, angles[1]), (math.cos, angles[1]))
+    out[:, 31:35] = _per_element(*cyclic).T
+    # ln of the floored fields (sigma, sigma_long, atr, bollinger_width, volume_ratio, spread), then
+    # of sigma / sigma_long and of atr / sigma.
+    logs = _per_element((math.log, floored), (math.log, np.stack([sig / sig_long, atr_floor / sig])))
+    # x / sigma for macd, macd_signal, macd - macd_signal, 4 trend_slope, 6 trend_slope_long,
+    # high_distance, low_distance, ema_distance and spread.
+    macd, signal = f["macd"], f["macd_signal"]
+    slopes = x[_SLOPE_ROWS] * _column(4.0, 6.0)
+    distances = x[_DISTANCE_ROWS]
+    per_sig = np.stack([macd, signal, macd - signal, *slopes, *distances, f["ema_distance"], f["spread"]])
+    per_sig /= sig
+    clipped = _clipped(np.concatenate([
+        (logs[0:3] + _column(6.0, 6.0, 5.5)) * 0.5,  # 12, 39, 20
+        (logs[3:6] + _column(4.0, 0.0, 8.0)) / _column(1.5, 1.0, 2.0),  # 19, 28, 29 (_log_level)
+        logs[6:8],  # 13, 21
+        per_sig[0:3] / 3.0,  # 15-17
+        per_sig[3:5],  # 22, 40
+        per_sig[7:8] / 4.0,  # 41
+        f["bollinger_position"][None],  # 18
+    ]), -3.0, 3.0)
+    out[:, _CLIPPED_DIMS] = clipped.T
+    scaled = 0.5 * rets
+    scaled /= sig * _SQRT_H_COLUMN
+    out[:, 0:6] = _clipped(scaled, -2.0, 2.0).T
+    centred = (x[_CENTRED_ROWS] - 50.0) / 50.0
+    out[:, (14, 42, 43)] = centred.T
+    out[:, (23, 35)] = (2.0 * x[_UNIT_ROWS] - 1.0).T
+    out[:, 24:28] = _REGIME_ONE_HOT_TABLE[regime]
+    out[:, 30] = _clipped(per_sig[8], 0.0, 3.0)
+    out[:, 36] = _clipped(f["bar_range"] / atr_floor - 1.0, -1.0, 3.0)
+    out[:, 37:39] = _clipped(per_sig[5:7] / 5.0 + _column(1.0, -1.0), -1.0, 1.0).T
+    market = {0: scaled[0], 2: scaled[2], 14: centred[0], **dict(zip(_CLIPPED_DIMS, clipped))}
+    return [market[d] for d in CROSS_DIMS]
+
+
 def observations_to_matrix(obs_list: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    """Stack validated observations into an (N, 64) float32 matrix."""
+    """Stack validated observations into an (N, 64) float32 matrix.
+
+    Bit for bit the stack of :func:`observation_to_vector` of each; vectorised from _BATCH_MIN_ROWS
+    observations on.
+    """
     out = np.empty((len(obs_list), FEATURE_DIM), dtype=np.float32)
-    for i, obs in enumerate(obs_list):
-        out[i] = observation_to_vector(obs)
+    if len(obs_list) < _BATCH_MIN_ROWS:
+        for i, obs in enumerate(obs_list):
+            out[i] = observation_to_vector(obs)
+        return out
+    return _batch_into(obs_list, out)
+
+
+def _batch_into(obs_list: Sequence[Mapping[str, Any]], out: np.ndarray) -> np.ndarray:
+    """The vectors of validated observations into ``out`` (N, 64), vectorised over the observations.
+
+    Every dim is computed in float64 and converted once, when written into ``out``: float32 gives
+    observation_to_vector's vectors, float64 their unrounded values (which the tests compare).
+    """
+    n = len(obs_list)
+    # One pass over the dicts: each one's numeric fields packed as doubles; read back as (field, N).
+    packed = b"".join(itertools.starmap(_pack_batch_values, map(_batch_values, obs_list)))
+    x = np.frombuffer(packed, dtype=np.float64).reshape(n, len(_BATCH_FIELDS)).T
+    regime = np.fromiter([_REGIME_INDEX[obs["regime"]] for obs in obs_list], np.intp, n)
+    return _columns_into(x, regime, out)
+
+
+def _columns_into(x: np.ndarray, regime: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """The vectors of packed (field, N) columns in _BATCH_FIELDS order and regime indexes, into ``out``."""
+    floored = x[_FLOORED_ROWS]
+    floored = np.where(floored > _FLOORS, floored, _FLOORS)  # v if v > floor else floor
+    cross = _market_columns(x, regime, floored, out)
+    position = dict(zip(POSITION_FIELDS, x[_POSITION_ROWS]))
+    side = position["position_side"]
+    block = position_block(position, floored[0], _WHERE_OPS)
+    np.stack(block + [side * m for m in cross], axis=1, out=out[:, MARKET_DIM:])
     return out
+
+
+# --- Observations as numbers: how decisions store them, and how a batch travels ------------------
+
+# An observation's values in order: its numeric fields in OBSERVATION_DEFAULTS order, then the
+# regime's index in REGIMES (the symbol is kept apart).
+OBSERVATION_NUMBERS = tuple(name for name in OBSERVATION_DEFAULTS if name != "regime")
+OBSERVATION_LENGTH = len(OBSERVATION_NUMBERS) + 1
+_NUMBER_INDEX = {name: i for i, name in enumerate(OBSERVATION_NUMBERS)}
+_DEFAULT_VALUES = np.array([*(OBSERVATION_DEFAULTS[k] for k in OBSERVATION_NUMBERS), _REGIME_INDEX["TREND"]], dtype=np.float64)
+_LOW = np.array([_BOUNDS[k][0] for k in OBSERVATION_NUMBERS])
+_HIGH = np.array([_BOUNDS[k][1] for k in OBSERVATION_NUMBERS])
+_EXCLUSIVE_LOW = np.array([k in HORIZONS for k in OBSERVATION_NUMBERS])
+_SIDE_INDEX = _NUMBER_INDEX["position_side"]
+_numbers_of = operator.itemgetter(*OBSERVATION_NUMBERS)
+_pack_numbers = struct.Struct(f"{len(OBSERVATION_NUMBERS)}d").pack
+_BATCH_ORDER = np.array([_NUMBER_INDEX[name] for name in _BATCH_FIELDS])
+
+
+class ObservationBatch(NamedTuple):
+    """Validated observations as numbers: ``values`` (N, OBSERVATION_LENGTH) float64 in the order
+    above, ``symbols`` each one's symbol ("" when it has none)."""
+
+    values: np.ndarray
+    symbols: list[str]
+
+
+def observation_values(obs: Mapping[str, Any]) -> list[float]:
+    """An observation's values (a missing field takes its default)."""
+    regime = obs.get("regime", OBSERVATION_DEFAULTS["regime"])
+    if regime not in _REGIME_INDEX:
+        raise ObservationError("regime", f"must be one of {', '.join(REGIMES)}, got {str(regime)[:40]!r}")
+    return [float(obs.get(name, OBSERVATION_DEFAULTS[name])) for name in OBSERVATION_NUMBERS] + [float(_REGIME_INDEX[regime])]
+
+
+def observation_from_values(values: Sequence[float]) -> dict[str, Any]:
+    """The observation fields (without a symbol) of an observation's values."""
+    if len(values) != OBSERVATION_LENGTH:
+        raise ValueError(f"expected {OBSERVATION_LENGTH} observation values, got {len(values)}")
+    obs: dict[str, Any] = dict(zip(OBSERVATION_NUMBERS, values))
+    obs["regime"] = REGIMES[int(values[-1])]
+    return obs
+
+
+def observations_pack(observations: Sequence[Mapping[str, Any]]) -> ObservationBatch:
+    """The batch of observations that :func:`validate_observation` returned (every field present)."""
+    n = len(observations)
+    values = np.empty((n, OBSERVATION_LENGTH), dtype=np.float64)
+    packed = b"".join(itertools.starmap(_pack_numbers, map(_numbers_of, observations)))
+    values[:, :-1] = np.frombuffer(packed, dtype=np.float64).reshape(n, len(OBSERVATION_NUMBERS))
+    values[:, -1] = [_REGIME_INDEX[obs["regime"]] for obs in observations]
+    return ObservationBatch(values, [obs.get("symbol") or "" for obs in observations])
+
+
+class _Rejected(Exception):
+    """validate_observations' one pass found something to reject."""
+
+
+def validate_observations(raws: Sequence[Any]) -> ObservationBatch:
+    """:func:`validate_observation` of each of ``raws``, as one batch.
+
+    One pass reads the fields given (numbers that are Python floats or ints); their ranges are
+    checked as arrays. Anything else, or anything out of range, and the observations are validated
+    one by one, which raises exactly what validate_observation raises (the first bad field of the
+    first bad observation), with the observation's position as the error's ``index``.
+    """
+    n = len(raws)
+    rows: list[int] = []
+    columns: list[int] = []
+    numbers: list[float] = []
+    regimes: dict[int, int] = {}
+    symbols = [""] * n
+    index = _NUMBER_INDEX
+    try:
+        for i, raw in enumerate(raws):
+            if type(raw) is not dict:
+                raise _Rejected
+            for name, value in raw.items():
+                c = index.get(name)
+                if c is None:
+                    if name == "regime":
+                        regimes[i] = _REGIME_INDEX[_regime(value)]
+                    elif name == "symbol":
+                        symbols[i] = _symbol(value)
+                    continue
+                t = type(value)
+                if t is float:
+                    numbers.append(value)
+                elif t is int and -1e300 < value < 1e300:
+                    numbers.append(float(value))
+                else:
+                    raise _Rejected
+                rows.append(i)
+                columns.append(c)
+        given = np.array(numbers, dtype=np.float64)
+        at = np.array(columns, dtype=np.intp)
+        low = _LOW[at]
+        in_range = (low <= given) & (given <= _HIGH[at]) & ~(_EXCLUSIVE_LOW[at] & (given == low))
+        side = given[at == _SIDE_INDEX]
+        if not (in_range.all() and ((side == -1.0) | (side == 0.0) | (side == 1.0)).all()):
+            raise _Rejected
+    except (_Rejected, ObservationError):
+        clean = []
+        for i, raw in enumerate(raws):
+            try:
+                clean.append(validate_observation(raw))
+            except ObservationError as exc:
+                exc.index = i
+                raise
+        return observations_pack(clean)  # valid after all (say, numpy numbers or a Mapping)
+    values = np.tile(_DEFAULT_VALUES, (n, 1))
+    values[rows, at] = given
+    if regimes:
+        values[list(regimes), -1] = list(regimes.values())
+    return ObservationBatch(values, symbols)
+
+
+def values_to_matrix(values: np.ndarray) -> np.ndarray:
+    """:func:`observations_to_matrix` of observations given as their values (N, OBSERVATION_LENGTH)."""
+    n = len(values)
+    out = np.empty((n, FEATURE_DIM), dtype=np.float32)
+    if n < _BATCH_MIN_ROWS:
+        for i, row in enumerate(values.tolist()):
+            out[i] = observation_to_vector(observation_from_values(row))
+        return out
+    return _columns_into(values[:, _BATCH_ORDER].T, values[:, -1].astype(np.intp), out)
 
 
 def position_fields(
