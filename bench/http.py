@@ -6,7 +6,7 @@ then drives it from a separate load process, wrk (``apt-get install -y wrk``) wi
 for the POSTs, for a fixed time per phase:
 
 - ``predict``: one observation per request (each request stores one Decision);
-- ``batch``: 1024 observations per request;
+- ``batch``: 1024 observations per request, one request per worker thread at a time;
 - ``status``: GET status.
 
 Reports requests/s, p50/p99 latency, errors (non-2xx and socket errors) and each gunicorn worker's
@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         sampler.start()
         results["predict"] = wrk_run(url=base + "predict", token=token, seconds=args.seconds, connections=args.connections,
                                      threads=1, method="POST", body=single, script=script)
-        results["batch"] = wrk_run(url=base + "predict", token=token, seconds=args.seconds, connections=args.workers,
+        # One batch in flight per request slot (workers x threads) the server has.
+        results["batch"] = wrk_run(url=base + "predict", token=token, seconds=args.seconds, connections=args.workers * args.threads,
                                    threads=1, method="POST", body=batch, script=script)
         results["status"] = wrk_run(url=base + "status", token=token, seconds=max(2.0, args.seconds / 2), connections=args.connections,
                                     threads=1, script=script)

@@ -2,6 +2,10 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
+from rlv3site.memory import keep_freed_memory
+
+keep_freed_memory()  # before the first request: freed blocks stay in the worker for the next one
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rlv3site.settings")
 django_application = get_wsgi_application()
 

@@ -14,6 +14,9 @@ from urllib.parse import quote
 
 import pytest
 from django.utils import timezone
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from decisions.models import Decision, DecisionSource
 from tests.conftest import token_client
@@ -379,3 +382,40 @@ def test_redis_keys_of_the_throttle_hold_no_token(reader, tight_rates, redis_cli
     key = Token.objects.get(user=reader).key
     keys = list(redis_client.scan_iter(match=f"{KEY_PREFIX}:*"))
     assert keys and not any(key in k for k in keys)
+
+
+# Any JSON text: standard values, NaN/Infinity literals, integers far beyond 64 bits, deep nesting.
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.integers(min_value=2**63, max_value=10**40)
+    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    max_leaves=20,
+)
+_json_texts = st.one_of(
+    _json_values.map(json.dumps),
+    st.sampled_from(["", " ", "{", '{"a": 1,}', "[1, 2", '{"a": NaN}', "\ufeff{}", '"\\ud800"', "1e400",
+                     "[" * 2000 + "]" * 2000, '{"a": 1, "a": 2}']),
+)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(_json_texts)
+def test_a_body_reads_as_the_standard_library_reads_it(text):
+    """parse_json tries orjson first: whatever it reads must equal json.loads, whatever either
+    refuses must get json's answer (a value, or the same ParseError)."""
+    from rest_framework.exceptions import ParseError
+
+    from decisions.api.parsers import parse_json
+
+    raw = text.encode("utf-8", "surrogatepass")
+    try:
+        expected = ("ok", json.loads(raw.decode("utf-8"))) if raw else ("ok", {})
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        expected = ("error", type(exc))
+    try:
+        got = ("ok", parse_json(raw, "JSON parse error"))
+    except ParseError:
+        got = ("error", None)
+    assert got[0] == expected[0]
+    if got[0] == "ok":  # NaN != NaN: compare the texts
+        assert json.dumps(got[1]) == json.dumps(expected[1])

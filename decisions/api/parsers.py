@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
+import orjson
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import BaseParser
+
+
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 
 def parse_json_body(stream, prefix: str):
@@ -23,6 +28,15 @@ def parse_json(raw: bytes, prefix: str):
     """
     if not raw:
         return {}
+    # orjson reads standard JSON a few times faster into the same values. What it refuses (NaN
+    # and Infinity literals, malformed input) the standard library reads or explains, exactly as
+    # before; and an integer of 19 digits or more, which orjson would read beyond 64 bits as a
+    # float, goes to the standard library too (any run of 19 digits sends the body there).
+    if _LONG_DIGITS.search(raw) is None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
     try:
         return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
