@@ -2,7 +2,7 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
-from rlv3site.memory import keep_freed_memory
+from rlv3site.memory import freeze_startup_objects, keep_freed_memory
 
 keep_freed_memory()  # before the first request: freed blocks stay in the worker for the next one
 
@@ -13,3 +13,4 @@ django_application = get_wsgi_application()
 from decisions.api.fastpath import PredictWSGI  # noqa: E402
 
 application = PredictWSGI(django_application)
+freeze_startup_objects()  # last: everything loaded so far lives as long as the worker

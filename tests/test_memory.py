@@ -42,3 +42,15 @@ def test_freed_blocks_are_reused_without_page_faults():
     # threshold follows the largest block: 8 MB here), so every request faults its pages in again.
     assert default > 50 * 1000
     assert tuned < 1000
+
+
+def test_the_wsgi_module_freezes_what_it_loaded():
+    """Importing the WSGI application (as gunicorn's workers do) leaves Django's, PyTorch's and the
+    project's objects out of the collector's full passes."""
+    code = (
+        "import gc, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'rlv3site.settings'); "
+        "import rlv3site.wsgi; print(gc.get_freeze_count(), len(gc.get_objects()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    frozen, collected = map(int, out.stdout.split())
+    assert frozen > 100_000 and collected < frozen / 10

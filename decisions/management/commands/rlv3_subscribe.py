@@ -6,7 +6,6 @@ Runs until SIGTERM/SIGINT, which finish the current batch (persist, publish, ack
 
 from __future__ import annotations
 
-import gc
 import os
 
 # A decision batch is a few hundred rows: BLAS worker threads would only spin against the database
@@ -17,6 +16,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 from django.core.management.base import BaseCommand, CommandError  # noqa: E402
 
 from decisions.streams.consumer import ConsumerConfig, StreamConsumer  # noqa: E402
+from rlv3site.memory import freeze_startup_objects  # noqa: E402
 
 
 def _positive(value: str) -> int:
@@ -44,8 +44,7 @@ class Command(BaseCommand):
         subscriber.install_signal_handlers()
         # Everything imported so far lives as long as the process: keep it out of the garbage
         # collector's full passes, which would otherwise walk it and stall a batch now and then.
-        gc.collect()
-        gc.freeze()
+        freeze_startup_objects()
         self.stdout.write(
             f"rlv3_subscribe: consumer {config.consumer} on {config.stream_prefix}{{market.data_updated,signal.generated,"
             f"position.closed}} (batch {batch}, block {block_ms} ms{', once' if once else ''})"
