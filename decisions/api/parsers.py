@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-import re
 
 import orjson
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import BaseParser
 
 
-_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+# Every digit as "0" (nothing else becomes one): a run of 19 digits is then a run of 19 zeros,
+# which bytes' own search finds at memchr speed (a regular expression took 1 ms on a 150 kB body).
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGIT_RUN = b"0" * 19
 
 
 def parse_json_body(stream, prefix: str):
@@ -32,7 +34,7 @@ def parse_json(raw: bytes, prefix: str):
     # and Infinity literals, malformed input) the standard library reads or explains, exactly as
     # before; and an integer of 19 digits or more, which orjson would read beyond 64 bits as a
     # float, goes to the standard library too (any run of 19 digits sends the body there).
-    if _LONG_DIGITS.search(raw) is None:
+    if _LONG_DIGIT_RUN not in raw.translate(_DIGITS_AS_ZERO):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -224,11 +224,15 @@ def _bad_values(name: str) -> list:
     return values + ([0.5, -0.5, 2] if name == "position_side" else [])
 
 
-@pytest.mark.parametrize("name", list(F._NUMERIC))
+_TEXT_VALUES = ["", " ", "x" * 33, "bad symbol", "trend", "Mean Reversion", "SIDEWAYS", "BTCUSDT", 1, 1.5, None, True,
+                [1.0], {"x": 1}, ["TREND"]]
+
+
+@pytest.mark.parametrize("name", [*F._NUMERIC, "regime", "symbol"])
 def test_each_field_alone_at_each_bad_value_is_judged_as_one_by_one(name):
     """One field of one observation in a valid batch: rejected exactly when validate_observation
     rejects it, with its message, else the same values."""
-    for value in _bad_values(name):
+    for value in _bad_values(name) if name in F._NUMERIC else _TEXT_VALUES:
         raws = [{"rsi": 10, "symbol": "A"}, {"macd": 0.1, name: value}, {"regime": "range"}]
         expected = _one_by_one(raws)
         try:

@@ -661,6 +661,9 @@ def validate_observations(raws: Sequence[Any]) -> ObservationBatch:
     regimes: dict[int, int] = {}
     symbols = [""] * n
     index = _NUMBER_INDEX
+    # A batch repeats a few regimes and symbols: each distinct text is checked once.
+    regime_codes: dict[Any, int] = {}
+    checked_symbols: set[str] = set()
     try:
         for i, raw in enumerate(raws):
             if type(raw) is not dict:
@@ -669,9 +672,14 @@ def validate_observations(raws: Sequence[Any]) -> ObservationBatch:
                 c = index.get(name)
                 if c is None:
                     if name == "regime":
-                        regimes[i] = _REGIME_INDEX[_regime(value)]
+                        code = regime_codes.get(value) if type(value) is str else None
+                        if code is None:
+                            code = regime_codes[value] = _REGIME_INDEX[_regime(value)]
+                        regimes[i] = code
                     elif name == "symbol":
-                        symbols[i] = _symbol(value)
+                        if type(value) is not str or value not in checked_symbols:
+                            checked_symbols.add(_symbol(value))
+                        symbols[i] = value
                     continue
                 t = type(value)
                 if t is float:
