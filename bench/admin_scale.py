@@ -54,7 +54,9 @@ def main() -> int:
     from django.test import Client
 
     from decisions.admin import DecisionAdmin, ExperienceAdmin
+    from decisions.fields import float_array_literal
     from decisions.models import Experience
+    from training.rl.features import observation_values
 
     call_command("migrate", verbosity=0)
     have = Experience.objects.count()
@@ -67,18 +69,18 @@ def main() -> int:
                 INSERT INTO decisions_decision (decision_id, symbol, observation, features, feature_spec_version,
                     action, probabilities, confidence, value, model_version, role, shadow_mode, source, created_at)
                 SELECT md5(g::text || 'd')::uuid, (ARRAY['BTCUSDT','ETHUSDT','SOLUSDT','XRPUSDT'])[1 + abs(hashint4(g)) %% 4],
-                    '{"rsi": 50}'::jsonb, decode(repeat('00', 256), 'hex'), 'rlv3-features-1', abs(hashint4(g + 1)) %% 6,
-                    '[0.1,0.5,0.1,0.1,0.1,0.1]'::jsonb, 0.5, 0.0, (1 + g %% 3)::text, 'champion', g %% 2 = 0,
+                    %s, decode(repeat('00', 256), 'hex'), 'rlv3-features-1', abs(hashint4(g + 1)) %% 6,
+                    '{0.1,0.5,0.1,0.1,0.1,0.1}', 0.5, 0.0, (1 + g %% 3)::text, 'champion', g %% 2 = 0,
                     'stream', now() - (g || ' seconds')::interval
                 FROM generate_series(%s, %s) g
                 """,
-                [have + 1, args.rows],
+                [float_array_literal(observation_values({"rsi": 50.0})), have + 1, args.rows],
             )
             cur.execute(
                 """
                 INSERT INTO decisions_experience (decision_id, symbol, observation, action, behaviour_probabilities,
                     model_version, reward, pnl, roi, closed_at, created_at)
-                SELECT d.id, d.symbol, d.observation, d.action, d.probabilities, d.model_version, 0.01, 1.0, 0.1,
+                SELECT d.id, d.symbol, '{"rsi": 50}'::jsonb, d.action, to_jsonb(d.probabilities), d.model_version, 0.01, 1.0, 0.1,
                     d.created_at, d.created_at
                 FROM decisions_decision d LEFT JOIN decisions_experience e ON e.decision_id = d.id
                 WHERE e.id IS NULL
