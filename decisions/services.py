@@ -160,12 +160,10 @@ def decisions_predict(*, observations: ObservationBatch | Sequence[dict], source
     server = policy_server()
     policy = server.champion()
     shadow = server.shadow_mode()  # cached for about a second: the hot path makes no query for it
-    if isinstance(observations, ObservationBatch):
-        vectors = values_to_matrix(observations.values)
-    else:
-        vectors = observations_to_matrix(observations)
+    if not isinstance(observations, ObservationBatch):
         observations = observations_pack(observations)
     values, symbols = observations
+    vectors = values_to_matrix(values)
     batch = policy.runtime.predict_batch(vectors)
     n = len(values)
     if not (np.isfinite(batch.values).all() and np.isfinite(batch.probabilities).all()):

@@ -42,8 +42,9 @@ def assert_batch_is_the_scalar_vectors(clean: list[dict]) -> None:
     vectors = np.stack([F.observation_to_vector(o) for o in clean])
     values = np.stack([_scalar_values(o) for o in clean])
     _assert_same_bits(values.astype(np.float32), vectors)  # the reference is observation_to_vector's
-    _assert_same_bits(F._batch_into(clean, np.empty((n, F.FEATURE_DIM), dtype=np.float32)), vectors)
-    _assert_same_bits(F._batch_into(clean, np.empty((n, F.FEATURE_DIM), dtype=np.float64)), values)
+    packed = F.observations_pack(clean).values
+    _assert_same_bits(F._values_into(packed, np.empty((n, F.FEATURE_DIM), dtype=np.float32)), vectors)
+    _assert_same_bits(F._values_into(packed, np.empty((n, F.FEATURE_DIM), dtype=np.float64)), values)
     # The public function, on enough rows to take the vectorised path.
     batch = (clean * (F._BATCH_MIN_ROWS // n + 1))[: max(n, F._BATCH_MIN_ROWS)]
     matrix = F.observations_to_matrix(batch)

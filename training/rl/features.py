@@ -465,8 +465,6 @@ _TIME_ROWS = _rows("time_of_day", "time_of_week")
 _SLOPE_ROWS = _rows("trend_slope", "trend_slope_long")
 _DISTANCE_ROWS = _rows("high_distance", "low_distance")
 _POSITION_ROWS = _rows(*POSITION_FIELDS)
-_batch_values = operator.itemgetter(*_BATCH_FIELDS)
-_pack_batch_values = struct.Struct(f"{len(_BATCH_FIELDS)}d").pack
 _REGIME_INDEX = {r: i for i, r in enumerate(REGIMES)}
 _REGIME_ONE_HOT_TABLE = np.array([_REGIME_ONE_HOT[r] for r in REGIMES])  # [regime index, dim]
 _SQRT_H_COLUMN = _column(*_SQRT_H)
@@ -561,25 +559,18 @@ def observations_to_matrix(obs_list: Sequence[Mapping[str, Any]]) -> np.ndarray:
         for i, obs in enumerate(obs_list):
             out[i] = observation_to_vector(obs)
         return out
-    return _batch_into(obs_list, out)
+    return _values_into(observations_pack(obs_list).values, out)
 
 
-def _batch_into(obs_list: Sequence[Mapping[str, Any]], out: np.ndarray) -> np.ndarray:
-    """The vectors of validated observations into ``out`` (N, 64), vectorised over the observations.
+def _values_into(values: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """The vectors of observations given as their values (N, OBSERVATION_LENGTH) into ``out`` (N, 64),
+    vectorised over the observations.
 
     Every dim is computed in float64 and converted once, when written into ``out``: float32 gives
     observation_to_vector's vectors, float64 their unrounded values (which the tests compare).
     """
-    n = len(obs_list)
-    # One pass over the dicts: each one's numeric fields packed as doubles; read back as (field, N).
-    packed = b"".join(itertools.starmap(_pack_batch_values, map(_batch_values, obs_list)))
-    x = np.frombuffer(packed, dtype=np.float64).reshape(n, len(_BATCH_FIELDS)).T
-    regime = np.fromiter([_REGIME_INDEX[obs["regime"]] for obs in obs_list], np.intp, n)
-    return _columns_into(x, regime, out)
-
-
-def _columns_into(x: np.ndarray, regime: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """The vectors of packed (field, N) columns in _BATCH_FIELDS order and regime indexes, into ``out``."""
+    x = values[:, _BATCH_ORDER].T  # the numeric fields as (field, N) columns in _BATCH_FIELDS order
+    regime = values[:, -1].astype(np.intp)
     floored = x[_FLOORED_ROWS]
     floored = np.where(floored > _FLOORS, floored, _FLOORS)  # v if v > floor else floor
     cross = _market_columns(x, regime, floored, out)
@@ -721,7 +712,7 @@ def values_to_matrix(values: np.ndarray) -> np.ndarray:
         for i, row in enumerate(values.tolist()):
             out[i] = observation_to_vector(observation_from_values(row))
         return out
-    return _columns_into(values[:, _BATCH_ORDER].T, values[:, -1].astype(np.intp), out)
+    return _values_into(values, out)
 
 
 def position_fields(
