@@ -79,9 +79,11 @@ _decision_labels = operator.attrgetter("action", "symbol", "source", "role")
 
 
 def decisions_count(decisions: Iterable) -> None:
-    """Add stored Decisions (any objects with action, symbol, source, role) to rlv3_decisions_total."""
+    """Add stored Decisions (any objects with action, symbol, source, role, or a batch with its own
+    ``label_counts()``) to rlv3_decisions_total."""
     # attrgetter and the labels' str() afterwards: once per label set, not once per decision.
-    tally = Tally(map(_decision_labels, decisions))
+    label_counts = getattr(decisions, "label_counts", None)
+    tally = label_counts() if label_counts is not None else Tally(map(_decision_labels, decisions))
     for (action, symbol, source, role), n in tally.items():
         DECISIONS.labels(ACTION_NAMES[action], symbol_label(symbol), str(source), str(role)).inc(n)
 

@@ -6,10 +6,10 @@ import functools
 import logging
 import math
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import repeat
 from typing import NamedTuple
 
 import numpy as np
@@ -22,6 +22,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from training.rl.actions import ACTION_NAMES
 from training.rl.features import (
     FEATURE_SPEC_VERSION,
     ObservationBatch,
@@ -148,14 +149,60 @@ class Prediction(NamedTuple):
     role: str
 
 
+@dataclass(frozen=True)
+class Predictions(Sequence):
+    """The API decisions of one `decisions_predict` call, column by column (a Sequence of
+    `Prediction`), with the answer each gets (`answers`, the predict endpoint's body items)."""
+
+    decision_ids: list[str]
+    symbols: list[str]
+    actions: list[int]
+    probabilities: list[list[float]]
+    confidences: list[float]
+    values: list[float]
+    model_version: str
+    shadow_mode: bool
+    source: str
+    role: str
+    answers: list[dict]
+
+    @classmethod
+    def of(cls, *, decision_ids, symbols, actions, probabilities, confidences, values, model_version, shadow_mode,
+           source, role) -> Predictions:
+        names, version, shadow = ACTION_NAMES, model_version, shadow_mode
+        answers = [
+            {"decision_id": d, "symbol": s, "action": names[a], "action_code": a, "confidence": c,
+             "probabilities": dict(zip(names, p)), "value": v, "model_version": version, "shadow_mode": shadow}
+            for d, s, a, c, p, v in zip(decision_ids, symbols, actions, confidences, probabilities, values)
+        ]
+        return cls(decision_ids, symbols, actions, probabilities, confidences, values, model_version, shadow_mode,
+                   source, role, answers)
+
+    def __len__(self) -> int:
+        return len(self.decision_ids)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return Prediction(
+            self.decision_ids[i], self.symbols[i], self.actions[i], self.probabilities[i], self.confidences[i],
+            self.values[i], self.model_version, self.shadow_mode, self.source, self.role,
+        )
+
+    def label_counts(self) -> Counter:
+        """How many decisions each (action, symbol, source, role) has (`metrics.decisions_count`)."""
+        return Counter((action, symbol, self.source, self.role) for action, symbol in zip(self.actions, self.symbols))
+
+
 @metrics.counts_decisions
-def decisions_predict(*, observations: ObservationBatch | Sequence[dict], source: str = DecisionSource.API) -> list[Prediction]:
+def decisions_predict(*, observations: ObservationBatch | Sequence[dict], source: str = DecisionSource.API) -> Predictions:
     """Score validated observations (a batch from `validate_observations`, or `validate_observation`
     dicts) with the champion and store one Decision each.
 
     API decisions have no stream entry or correlation id, so nothing can conflict: on PostgreSQL one
     observation is one prepared INSERT and a batch is one binary COPY laid out by numpy
-    (`decisions.pgcopy`; no per-row model objects).
+    (`decisions.pgcopy`; no per-row model objects). The batch's answers are built while PostgreSQL
+    stores the rows: after the COPY's data is sent, before its end is confirmed.
     """
     server = policy_server()
     policy = server.champion()
@@ -171,6 +218,14 @@ def decisions_predict(*, observations: ObservationBatch | Sequence[dict], source
     confidences = np.clip(batch.probabilities[np.arange(n), batch.actions], 0.0, 1.0)
     ids = uuid7_bytes(n)
     created_at = timezone.now()
+
+    def predictions() -> Predictions:
+        return Predictions.of(
+            decision_ids=uuid_strings(ids), symbols=symbols, actions=batch.actions.tolist(),
+            probabilities=batch.probabilities.tolist(), confidences=confidences.tolist(), values=batch.values.tolist(),
+            model_version=policy.version, shadow_mode=shadow, source=source, role=ModelRole.CHAMPION,
+        )
+
     if connection.vendor != "postgresql":
         _api_create(ids, observations, vectors, batch, confidences, policy.version, shadow, source, created_at)
     elif n == 1:
@@ -192,10 +247,11 @@ def decisions_predict(*, observations: ObservationBatch | Sequence[dict], source
         with connection.cursor() as cursor, connection.wrap_database_errors:
             with psycopg.Cursor(cursor.cursor.connection) as raw, raw.copy(_api_sql()[1]) as copy:
                 copy.write(payload)
-    return list(map(
-        Prediction, uuid_strings(ids), symbols, batch.actions.tolist(), batch.probabilities.tolist(), confidences.tolist(),
-        batch.values.tolist(), repeat(policy.version, n), repeat(shadow, n), repeat(source, n), repeat(ModelRole.CHAMPION, n),
-    ))
+                # PostgreSQL has the rows and stores them meanwhile; leaving the block ends the COPY
+                # and waits for its result (an error there raises, and these answers are dropped).
+                result = predictions()
+        return result
+    return predictions()
 
 
 def _api_create(ids, observations: ObservationBatch, vectors, batch, confidences, version, shadow, source, created_at) -> None:

@@ -48,7 +48,6 @@ from decisions.api import throttling
 from decisions.api.authentication import CachedTokenAuthentication
 from decisions.api.errors import database_unavailable
 from decisions.api.parsers import StrictJSONParser, parse_json
-from decisions.api.serializers import PredictionSerializer
 from rlv3site.middleware import REQUEST_ID_HEADER, request_id_from
 from training.rl.features import ObservationBatch, ObservationError, validate_observation, validate_observations
 
@@ -119,8 +118,7 @@ def _predict(observations: ObservationBatch | list[dict], *, single: bool) -> Ht
         predictions = services.decisions_predict(observations=observations)
     except (OperationalError, InterfaceError) as exc:
         return database_unavailable(exc)
-    answers = [PredictionSerializer.from_decision(p) for p in predictions]
-    return _json_response(answers[0] if single else answers)
+    return _json_response(predictions.answers[0] if single else predictions.answers)
 
 
 # --- the WSGI entry -----------------------------------------------------------------------------

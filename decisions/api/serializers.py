@@ -69,32 +69,6 @@ class PredictBatchSerializer(serializers.Serializer):
             raise serializers.ValidationError({f"observations[{exc.index}].{exc.field}": [exc.reason]}) from None
 
 
-class PredictionSerializer(serializers.Serializer):
-    decision_id = serializers.UUIDField()
-    symbol = serializers.CharField(allow_blank=True)
-    action = serializers.ChoiceField(choices=ACTION_NAMES)
-    action_code = serializers.IntegerField(min_value=0, max_value=5)
-    confidence = serializers.FloatField(help_text="The policy's probability of the chosen action.")
-    probabilities = serializers.DictField(child=serializers.FloatField(), help_text="Probability of each action, by name.")
-    value = serializers.FloatField(help_text="The critic's value estimate (not a confidence).")
-    model_version = serializers.CharField()
-    shadow_mode = serializers.BooleanField()
-
-    @staticmethod
-    def from_decision(decision: Decision) -> dict:
-        return {
-            "decision_id": str(decision.decision_id),
-            "symbol": decision.symbol,
-            "action": ACTION_NAMES[decision.action],
-            "action_code": decision.action,
-            "confidence": decision.confidence,
-            "probabilities": dict(zip(ACTION_NAMES, decision.probabilities)),
-            "value": decision.value,
-            "model_version": decision.model_version,
-            "shadow_mode": decision.shadow_mode,
-        }
-
-
 # JSON bodies are typed: a number where text is expected (or "5" where a number is) is an error,
 # not something to coerce. DRF's fields coerce because they also parse forms and query strings.
 class StrictCharField(serializers.CharField):

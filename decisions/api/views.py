@@ -77,11 +77,11 @@ class PredictView(APIView):
             payload = s.PredictBatchSerializer(data=data)
             payload.is_valid(raise_exception=True)
             decisions = services.decisions_predict(observations=payload.validated_data["observations"])
-            return Response([s.PredictionSerializer.from_decision(d) for d in decisions])
+            return Response(decisions.answers)
         obs = s.ObservationSerializer(data=data)
         obs.is_valid(raise_exception=True)
-        (decision,) = services.decisions_predict(observations=[obs.validated_data])
-        return Response(s.PredictionSerializer.from_decision(decision))
+        (answer,) = services.decisions_predict(observations=[obs.validated_data]).answers
+        return Response(answer)
 
 
 class TrainView(APIView):
