@@ -80,9 +80,9 @@ def main() -> int:
                 """
                 INSERT INTO decisions_experience (decision_id, symbol, observation, action, behaviour_probabilities,
                     model_version, reward, pnl, roi, closed_at, created_at)
-                SELECT d.id, d.symbol, '{"rsi": 50}'::jsonb, d.action, to_jsonb(d.probabilities), d.model_version, 0.01, 1.0, 0.1,
+                SELECT d.decision_id, d.symbol, '{"rsi": 50}'::jsonb, d.action, to_jsonb(d.probabilities), d.model_version, 0.01, 1.0, 0.1,
                     d.created_at, d.created_at
-                FROM decisions_decision d LEFT JOIN decisions_experience e ON e.decision_id = d.id
+                FROM decisions_decision d LEFT JOIN decisions_experience e ON e.decision_id = d.decision_id
                 WHERE e.id IS NULL
                 """
             )

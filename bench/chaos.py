@@ -413,7 +413,7 @@ class Chaos:
                 "WHERE role = 'champion' AND source = 'stream'"
             ).fetchall()
             experiences = db.execute(
-                "SELECT d.decision_id::text, e.stream_entry_id FROM decisions_experience e JOIN decisions_decision d ON d.id = e.decision_id"
+                "SELECT d.decision_id::text, e.stream_entry_id FROM decisions_experience e JOIN decisions_decision d ON d.decision_id = e.decision_id"
             ).fetchall()
         by_entry: dict[str, int] = {}
         for entry_id, *_ in rows:

@@ -41,7 +41,7 @@ def _pair_rows(since: datetime | None) -> list[tuple]:
                COALESCE(SUM(CASE WHEN e.pnl > 0 THEN 1 ELSE 0 END), 0)
         FROM {decision} ch
         JOIN {decision} c ON c.stream_entry_id = ch.stream_entry_id AND c.role = %s
-        LEFT JOIN {experience} e ON e.decision_id = c.id
+        LEFT JOIN {experience} e ON e.decision_id = c.decision_id
         WHERE ch.role = %s AND ch.stream_entry_id IS NOT NULL {where}
         GROUP BY c.model_version, ch.model_version, c.action, ch.action
     """

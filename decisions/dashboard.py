@@ -78,7 +78,7 @@ def _champion_decisions(since: datetime):
 def activity_mix(now: datetime) -> tuple[dict[str, dict[str, int]], int]:
     """({symbol: {action: count}} of the top symbols (the rest as "other"), total) over the window."""
     totals: dict[str, dict[str, int]] = {}
-    for row in _champion_decisions(now - WINDOW).values("symbol", "action").annotate(n=Count("id")):
+    for row in _champion_decisions(now - WINDOW).values("symbol", "action").annotate(n=Count("pk")):
         totals.setdefault(row["symbol"] or "(no symbol)", {})[ACTION_NAMES[row["action"]]] = row["n"]
     ranked = sorted(totals, key=lambda s: -sum(totals[s].values()))
     mix = {s: totals[s] for s in ranked[:TOP_SYMBOLS]}
@@ -103,7 +103,7 @@ def decisions_per_minute(now: datetime) -> tuple[list[datetime], dict[str, list[
     start = end - WINDOW
     starts = [start + i * bucket for i in range(int(WINDOW / bucket))]
     rates = {name: [0.0] * len(starts) for name in ACTION_NAMES}
-    rows = _champion_decisions(start).annotate(minute=TruncMinute("created_at")).values("minute", "action").annotate(n=Count("id"))
+    rows = _champion_decisions(start).annotate(minute=TruncMinute("created_at")).values("minute", "action").annotate(n=Count("pk"))
     for row in rows:
         i = int((row["minute"] - start) / bucket)
         if 0 <= i < len(starts):

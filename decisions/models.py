@@ -29,7 +29,7 @@ class ModelRole(models.TextChoices):
 
 
 class Decision(models.Model):
-    decision_id = models.UUIDField(default=uuid7, unique=True, editable=False, help_text="UUID version 7 (time-ordered).")
+    decision_id = models.UUIDField(primary_key=True, default=uuid7, editable=False, help_text="UUID version 7 (time-ordered).")
     symbol = models.CharField(max_length=32, blank=True, default="")
     observation = ObservationField(help_text="The validated observation fields the policy saw (without the symbol).")
     features = Float32VectorField(help_text="The 64-dim feature vector (float32).")
@@ -48,7 +48,7 @@ class Decision(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        ordering = ["-created_at", "-id"]
+        ordering = ["-created_at", "-decision_id"]
         constraints = [
             models.UniqueConstraint(
                 fields=["stream_entry_id", "role"],

@@ -7,7 +7,7 @@ fresh outcome stays until that outcome is old as well).
 
 Two phases, so nothing is deleted that is not safely on disk:
 
-1. :func:`retention_archive` streams the due rows, in id order, into ``decisions-*.csv`` and
+1. :func:`retention_archive` streams the due rows, in key order, into ``decisions-*.csv`` and
    ``experiences-*.csv`` (written under a temporary name, fsynced, renamed), each with a
    ``*.csv.sha256`` file in ``sha256sum`` format, and re-reads each file to verify its checksum.
 2. :func:`retention_delete` deletes the archived rows in batches of ids, one short transaction per
@@ -24,6 +24,7 @@ import csv
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -49,7 +50,7 @@ class RetentionResult:
     """What one run did (``ids`` are the archived primary keys, in order)."""
 
     cutoff: str
-    decision_ids: list[int] = field(default_factory=list)
+    decision_ids: list[uuid.UUID] = field(default_factory=list)
     experience_ids: list[int] = field(default_factory=list)
     files: list[ArchivedFile] = field(default_factory=list)
     decisions_deleted: int = 0
@@ -87,10 +88,11 @@ def _cell(value) -> str:
 
 
 def _chunks(queryset, attnames: list[str]) -> Iterator[list[tuple]]:
-    """Rows of ``queryset`` in id order, CHUNK at a time, by keyset (never OFFSET)."""
-    last = 0
+    """Rows of ``queryset`` in key order, CHUNK at a time, by keyset (never OFFSET)."""
+    last = None
     while True:
-        rows = list(queryset.filter(pk__gt=last).order_by("pk").values_list(*attnames)[:CHUNK])
+        after = queryset if last is None else queryset.filter(pk__gt=last)
+        rows = list(after.order_by("pk").values_list(*attnames)[:CHUNK])
         if not rows:
             return
         yield rows
@@ -105,7 +107,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _experience_chunks(decision_ids: list[int], attnames: list[str]) -> Iterator[list[tuple]]:
+def _experience_chunks(decision_ids: list[uuid.UUID], attnames: list[str]) -> Iterator[list[tuple]]:
     """The experiences of ``decision_ids`` (all of them, in chunks of decisions)."""
     for start in range(0, len(decision_ids), CHUNK):
         chunk = decision_ids[start:start + CHUNK]
@@ -114,12 +116,12 @@ def _experience_chunks(decision_ids: list[int], attnames: list[str]) -> Iterator
             yield rows
 
 
-def _write_csv(path: Path, model, chunks: Iterator[list[tuple]]) -> tuple[ArchivedFile, list[int]]:
-    """Write the rows of ``chunks`` (all concrete columns of ``model``, id first) to ``path``
-    atomically; returns the file and the ids written."""
+def _write_csv(path: Path, model, chunks: Iterator[list[tuple]]) -> tuple[ArchivedFile, list]:
+    """Write the rows of ``chunks`` (all concrete columns of ``model``, its key first) to
+    ``path`` atomically; returns the file and the keys written."""
     columns = _columns(model)
     tmp = path.with_name(path.name + ".partial")
-    ids: list[int] = []
+    ids: list = []
     with open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow([c for c, _ in columns])

@@ -310,7 +310,7 @@ def experience_reward(*, roi_percent: float) -> float:
 
 
 _PUBLISHED_FIELDS = (
-    "id", "decision_id", "symbol", "action", "probabilities", "confidence", "value", "model_version",
+    "decision_id", "symbol", "action", "probabilities", "confidence", "value", "model_version",
     "role", "shadow_mode", "stream_entry_id", "correlation_id", "trace_id", "created_at",
 )
 
@@ -416,7 +416,7 @@ def _execute_prepared(sql: str, params: list) -> list[tuple]:
 def _decisions_insert_sql() -> tuple[str, list[tuple[str, str]], str, frozenset[str]]:
     """The statements of `_decisions_insert` (a batch as one JSON document; one row as parameters),
     the (column, attribute) pairs and the JSON columns."""
-    fields = [f for f in Decision._meta.concrete_fields if not f.primary_key]
+    fields = list(Decision._meta.concrete_fields)  # the key too: decision_id is made here (UUIDv7)
     quote = connection.ops.quote_name
     table = quote(Decision._meta.db_table)
     columns = ", ".join(quote(f.column) for f in fields)
@@ -514,7 +514,7 @@ def _pairing_candidate(*, close: PositionClose, correlation_id: str | None) -> D
         return decision
     decision = (
         champions.filter(symbol=close.symbol, experience__isnull=True)
-        .order_by("-created_at", "-id")
+        .order_by("-created_at", "-pk")
         # Two consumers pairing closes of one symbol at once must not both take the same decision.
         .select_for_update(skip_locked=True, of=("self",))
         .first()

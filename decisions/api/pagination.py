@@ -14,7 +14,7 @@ class CursorPagination(_CursorPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 500
-    ordering = ("-created_at", "-id")
+    ordering = ("-created_at", "-pk")
 
     def get_page_size(self, request) -> int:
         """?page_size=1..max_page_size; anything else is a 400 naming the parameter (not ignored)."""

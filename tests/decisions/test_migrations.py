@@ -99,3 +99,58 @@ def test_observations_and_probabilities_become_float8_arrays_and_come_back():
     finally:
         executor = MigrationExecutor(connection)
         executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+ASCENDING = ("decisions", "0006_decision_indexes_ascending")
+UUID_KEY = ("decisions", "0007_decision_id_primary_key")
+
+
+def _decision_columns() -> list[str]:
+    with connection.cursor() as cursor:
+        return [c.name for c in connection.introspection.get_table_description(cursor, "decisions_decision")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_decision_id_becomes_the_key_and_every_experience_keeps_its_decision_both_ways():
+    try:
+        executor = _migrate(ASCENDING)
+        apps = executor.loader.project_state([ASCENDING]).apps
+        old, old_experience = apps.get_model("decisions", "Decision"), apps.get_model("decisions", "Experience")
+        made = [
+            old.objects.create(
+                symbol=f"S{i}", observation=[0.5] * 37, features=b"\0" * 256, action=i % 6, probabilities=[1, 0, 0, 0, 0, 0],
+                confidence=1.0, value=0.0, model_version="1", shadow_mode=True, source="api",
+            )
+            for i in range(5)
+        ]
+        # Paired out of order, so a pairing by position (rather than by key) would show.
+        for i, decision in enumerate(reversed(made[1:])):
+            old_experience.objects.create(
+                decision=decision, symbol=decision.symbol, observation={}, action=decision.action,
+                behaviour_probabilities=[1, 0, 0, 0, 0, 0], model_version="1", reward=0.0, pnl=float(i), roi=0.0,
+                stream_entry_id=f"1-{i}",
+            )
+        pairs = {e.stream_entry_id: (e.decision.decision_id, e.decision.symbol) for e in old_experience.objects.all()}
+
+        _migrate(UUID_KEY)
+        from decisions.models import Decision, Experience
+
+        assert "id" not in _decision_columns() and Decision._meta.pk.name == "decision_id"
+        assert {e.stream_entry_id: (e.decision_id, e.decision.symbol) for e in Experience.objects.all()} == pairs
+        assert not Decision.objects.filter(symbol="S0", experience__isnull=False).exists()  # S0 was never paired
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'decisions_decision' AND indexdef LIKE '%%(decision_id)%%'")
+                assert [row[0].split(" ON ")[0] for row in cursor.fetchall()] == [
+                    "CREATE UNIQUE INDEX decisions_decision_decision_id_cdf7bc5e_pk"  # one index on the key, not two
+                ]
+
+        executor = _migrate(ASCENDING)
+        apps = executor.loader.project_state([ASCENDING]).apps
+        old, old_experience = apps.get_model("decisions", "Decision"), apps.get_model("decisions", "Experience")
+        assert "id" in _decision_columns()
+        assert sorted(old.objects.values_list("id", flat=True)) == [1, 2, 3, 4, 5]  # numbered again
+        assert {e.stream_entry_id: (e.decision.decision_id, e.decision.symbol) for e in old_experience.objects.all()} == pairs
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.migrate(executor.loader.graph.leaf_nodes())

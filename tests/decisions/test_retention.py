@@ -74,13 +74,14 @@ def test_old_rows_are_archived_with_checksums_then_deleted(tmp_path):
         assert Path(f["path"] + ".sha256").read_text() == f"{f['sha256']}  {Path(f['path']).name}\n"  # sha256sum -c format
         assert verify_checksum(Path(f["path"]))
     archived = _rows(decisions_file)
-    assert sorted(int(r["id"]) for r in archived) == sorted(d.pk for d in old_unpaired + old_paired)
-    first = next(r for r in archived if int(r["id"]) == old_paired[0].pk)
+    assert list(archived[0])[0] == "decision_id"  # the key first
+    assert sorted(r["decision_id"] for r in archived) == sorted(str(d.pk) for d in old_unpaired + old_paired)
+    first = next(r for r in archived if r["decision_id"] == str(old_paired[0].pk))
     assert json.loads(first["observation"]) == stored_observation  # the stored fields, defaults included
-    assert json.loads(first["features"]) == [0.5] * 64 and first["decision_id"] == str(old_paired[0].decision_id)
+    assert json.loads(first["features"]) == [0.5] * 64
     exp_rows = _rows(experiences_file)
     assert sorted(int(r["id"]) for r in exp_rows) == sorted(e.pk for e in old_experiences)
-    assert {int(r["decision_id"]) for r in exp_rows} == {d.pk for d in old_paired}  # archived together
+    assert {r["decision_id"] for r in exp_rows} == {str(d.pk) for d in old_paired}  # archived together
     assert sorted(float(r["pnl"]) for r in exp_rows) == [0.0, 1.0, 2.0]
     assert all(json.loads(r["observation"]) == OUTCOME_OBSERVATION for r in exp_rows)  # JSON survives CSV quoting
     # What stays: the recent rows, and the old decision whose outcome is recent (with that outcome).

@@ -27,7 +27,7 @@ def scored(redis_client, stream_prefix):
             position_size=0.5 * (i % 3 != 1), regime=("TREND", "RANGE", "BREAKOUT", "MEAN_REVERSION")[i % 4],
         ))
     drain()
-    champions = list(Decision.objects.filter(role=ModelRole.CHAMPION).order_by("id"))
+    champions = list(Decision.objects.filter(role=ModelRole.CHAMPION).order_by("created_at", "pk"))
     for i, d in enumerate(champions[:10]):
         publish(redis_client, codec.POSITION_CLOSED, {"symbol": "BTCUSDT", "pnl": float(i - 4), "roi": float(i - 4) / 10, "decision_id": str(d.decision_id)})
     drain()
