@@ -8,6 +8,7 @@ process gets its own session so a whole tree (gunicorn and its workers) can be s
 from __future__ import annotations
 
 import os
+import runpy
 import secrets
 import signal
 import socket
@@ -168,10 +169,21 @@ class Service:
             return []
 
 
-def gunicorn(port: int, *, env: dict[str, str], log_path: Path, workers: int = 2, threads: int = 1,
+GUNICORN_CONF = ROOT / "gunicorn.conf.py"
+
+
+def gunicorn_settings() -> dict:
+    """The production settings in gunicorn.conf.py (workers, worker_class, ...) as this machine reads them."""
+    return {k: v for k, v in runpy.run_path(str(GUNICORN_CONF)).items() if not k.startswith("_") and k != "os"}
+
+
+def gunicorn(port: int, *, env: dict[str, str], log_path: Path, workers: int | None = None, threads: int = 1,
              worker_class: str | None = None) -> Service:
-    worker_class = worker_class or ("gthread" if threads > 1 else "sync")
-    argv = [PY, "-m", "gunicorn", "rlv3site.wsgi:application", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-            "--worker-class", worker_class, "--threads", str(threads), "--backlog", "2048",
-            "--timeout", "60", "--graceful-timeout", "10"]
+    """gunicorn with the production settings (gunicorn.conf.py); ``workers``, ``threads`` and
+    ``worker_class`` override them (more than one thread means gthread)."""
+    argv = [PY, "-m", "gunicorn", "rlv3site.wsgi:application", "-c", str(GUNICORN_CONF), "--bind", f"127.0.0.1:{port}"]
+    if workers is not None:
+        argv += ["--workers", str(workers)]
+    if threads > 1 or worker_class:
+        argv += ["--worker-class", worker_class or "gthread", "--threads", str(threads)]
     return Service("web", argv, env=env, log_path=log_path)

@@ -1,6 +1,7 @@
 """HTTP load on the real stack: gunicorn with the production settings, PostgreSQL, Redis.
 
-Starts gunicorn (DEBUG off, a generated secret, no SSL redirect, ALLOWED_HOSTS 127.0.0.1) on a
+Starts gunicorn with gunicorn.conf.py (sync workers, one more than the cores) and Django's
+production settings (DEBUG off, a generated secret, no SSL redirect, ALLOWED_HOSTS 127.0.0.1) on a
 free local port against a freshly created PostgreSQL database ``rlv3_bench`` and the local Redis,
 then drives it from a separate load process, wrk (``apt-get install -y wrk``) with a Lua script
 for the POSTs, for a fixed time per phase:
@@ -15,7 +16,7 @@ peak RSS (psutil, sampled every 100 ms). ``--json`` prints one JSON object as th
 ``worker_peak_rss_mb`` (the largest worker). Targets on a 2-core machine: >= 1,500 predictions/s
 with p99 <= 20 ms and no errors, >= 100,000 observations/s batched, <= 150 MB per worker.
 
-    python bench/http.py [--seconds 10] [--workers 2] [--threads 1] [--connections 8] [--json]
+    python bench/http.py [--seconds 10] [--workers N] [--threads 1] [--connections 8] [--json]
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ import tempfile  # noqa: E402
 import threading  # noqa: E402
 
 from bench._common import emit_json, machine, print_table, record  # noqa: E402
-from bench._services import database_create, free_port, gunicorn, manage, operator_token, production_env, wait_port  # noqa: E402
+from bench._services import (  # noqa: E402
+    database_create, free_port, gunicorn, gunicorn_settings, manage, operator_token, production_env, wait_port,
+)
 
 API = "/api/v1/rl/v3/"
 TARGETS = {"predict_rps": 1500, "predict_p99_ms": 20, "batch_obs_per_s": 100_000, "worker_peak_rss_mb": 150}
@@ -127,14 +130,17 @@ def wrk_run(*, url: str, token: str, seconds: float, connections: int, threads: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="Duration of each load phase.")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default: one per core).")
+    parser.add_argument("--workers", type=int, default=None, help="gunicorn workers (default: gunicorn.conf.py's, one more than the cores).")
     parser.add_argument("--threads", type=int, default=1, help="Threads per worker.")
     parser.add_argument("--worker-class", choices=("sync", "gthread"), default=None,
-                        help="gunicorn worker class (default: sync with one thread, else gthread; gthread keeps connections alive).")
+                        help="gunicorn worker class (default: gunicorn.conf.py's, sync, with one thread; else gthread, which keeps connections alive).")
     parser.add_argument("--connections", type=int, default=8, help="Concurrent connections for single predictions.")
     parser.add_argument("--batch", type=int, default=1024, help="Observations per batch request.")
     parser.add_argument("--json", action="store_true", help="Print one JSON object as the last line.")
     args = parser.parse_args(argv)
+    settings = gunicorn_settings()
+    args.workers = args.workers or settings["workers"]
+    worker_class = args.worker_class or ("gthread" if args.threads > 1 else settings["worker_class"])
     if shutil.which("wrk") is None:
         print("bench/http.py needs wrk: apt-get install -y wrk", file=sys.stderr)
         return 2
@@ -194,14 +200,14 @@ def main(argv: list[str] | None = None) -> int:
         "errors": errors,
         "worker_peak_rss_mb": max(rss) if rss else None,
         "workers_peak_rss_mb": rss,
-        "config": {"seconds": args.seconds, "workers": args.workers, "threads": args.threads,
+        "config": {"seconds": args.seconds, "workers": args.workers, "worker_class": worker_class, "threads": args.threads,
                    "connections": args.connections, "batch": args.batch, "load": "wrk (separate process)"},
         "machine": machine(),
     }
     rows = []
     for name, r in results.items():
         rows.append([name, f"{r['rps']:.1f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", r["errors"]])
-    print_table(f"HTTP load: gunicorn {args.workers}x{args.threads}, PostgreSQL, Redis, {args.seconds:g}s per phase",
+    print_table(f"HTTP load: gunicorn {args.workers}x{args.threads} {worker_class}, PostgreSQL, Redis, {args.seconds:g}s per phase",
                 rows, headers=("phase", "requests/s", "p50 ms", "p99 ms", "errors"))
     print()
     print_table("against the targets", [

@@ -110,3 +110,24 @@ def test_admin_and_swagger_need_staff(reader, superuser, client):
     docs = client.get("/api/docs/")
     assert docs.status_code == 200 and b"swagger" in docs.content.lower()
     assert client.get("/api/schema/?format=json").status_code == 200
+
+
+def test_every_way_of_starting_the_web_service_uses_the_gunicorn_settings(monkeypatch):
+    """The Procfile, docker-compose and the image start gunicorn with gunicorn.conf.py (what
+    bench/http.py measures), and none of them overrides its workers or worker class."""
+    import runpy
+
+    import yaml
+
+    procfile = next(line for line in (BASE_DIR / "Procfile").read_text().splitlines() if line.startswith("web:"))
+    compose = yaml.safe_load((BASE_DIR / "docker-compose.yml").read_text())["services"]["web"]["command"]
+    image = next(line for line in (BASE_DIR / "Dockerfile").read_text().splitlines() if line.startswith("CMD "))
+    for command in (procfile, " ".join(compose), image):
+        assert "gunicorn.conf.py" in command and "gunicorn" in command, command
+        assert not any(flag in command for flag in ("--workers", "--threads", "--worker-class", " -w ", " -k ")), command
+
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    settings = runpy.run_path(str(BASE_DIR / "gunicorn.conf.py"))
+    assert settings["worker_class"] == "sync" and settings["workers"] == len(os.sched_getaffinity(0)) + 1
+    monkeypatch.setenv("WEB_CONCURRENCY", "5")
+    assert runpy.run_path(str(BASE_DIR / "gunicorn.conf.py"))["workers"] == 5
