@@ -13,7 +13,8 @@ for the POSTs, for a fixed time per phase:
 Reports requests/s, p50/p99 latency, errors (non-2xx and socket errors) and each gunicorn worker's
 peak RSS (psutil, sampled every 100 ms). ``--json`` prints one JSON object as the last line with
 ``predict_rps``, ``predict_p50_ms``, ``predict_p99_ms``, ``errors``, ``batch_obs_per_s`` and
-``worker_peak_rss_mb`` (the largest worker). Targets on a 2-core machine: >= 1,500 predictions/s
+``worker_peak_rss_mb`` (the largest worker), and where the batch phase's CPU went
+(``batch_cpu_cores``: PostgreSQL's processes, the workers, wrk, idle; ``batch_cpu_us_per_obs``). Targets on a 2-core machine: >= 1,500 predictions/s
 with p99 <= 20 ms and no errors, >= 100,000 observations/s batched, <= 150 MB per worker.
 
     python bench/http.py [--seconds 10] [--workers N] [--threads 1] [--connections 8] [--json]
@@ -34,10 +35,12 @@ sys.path.insert(0, str(_ROOT))
 import argparse  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
+import resource  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
+import time  # noqa: E402
 
 from bench._common import emit_json, machine, print_table, record  # noqa: E402
 from bench._services import (  # noqa: E402
@@ -110,6 +113,47 @@ class RssSampler(threading.Thread):
         return self.peak
 
 
+class CpuSplit:
+    """CPU time over a phase, by who used it: PostgreSQL's processes and gunicorn's workers (from
+    ``/proc``), wrk (this process's waited-for children), and how much of the machine sat idle."""
+
+    def __init__(self, master_pid: int):
+        self.master_pid = master_pid
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def _sample(self) -> tuple[float, dict[str, int], int]:
+        import psutil
+
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once it has exited
+        used = {"postgres": 0, "workers": 0, "wrk": round((children.ru_utime + children.ru_stime) * self._tick)}
+        workers = {c.pid for c in psutil.Process(self.master_pid).children()}
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                cmdline = proc.info["cmdline"] or []
+                group = ("workers" if proc.info["pid"] in workers else
+                         "postgres" if cmdline[:1] and cmdline[0].startswith("postgres") else None)
+                if group:
+                    times = proc.cpu_times()
+                    used[group] += round((times.user + times.system) * self._tick)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()[1:]
+        return time.perf_counter(), used, int(fields[3]) + int(fields[4])  # idle + iowait
+
+    def start(self) -> CpuSplit:
+        self._start = self._sample()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        """Cores each group kept busy over the phase (and idle cores)."""
+        (t0, used0, idle0), (t1, used1, idle1) = self._start, self._sample()
+        seconds = (t1 - t0) * self._tick
+        cores = {k: (used1[k] - used0[k]) / seconds for k in used1}
+        cores["idle"] = (idle1 - idle0) / seconds
+        return {k: round(v, 2) for k, v in cores.items()}
+
+
 def wrk_run(*, url: str, token: str, seconds: float, connections: int, threads: int, method: str = "GET",
             body: Path | None = None, script: Path) -> dict:
     """One wrk phase in its own process; returns its JSON summary plus rps and latencies in ms."""
@@ -177,8 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         results["predict"] = wrk_run(url=base + "predict", token=token, seconds=args.seconds, connections=args.connections,
                                      threads=1, method="POST", body=single, script=script)
         # One batch in flight per request slot (workers x threads) the server has.
+        split = CpuSplit(web.pid).start()
         results["batch"] = wrk_run(url=base + "predict", token=token, seconds=args.seconds, connections=args.workers * args.threads,
                                    threads=1, method="POST", body=batch, script=script)
+        batch_cores = split.stop()
         results["status"] = wrk_run(url=base + "status", token=token, seconds=max(2.0, args.seconds / 2), connections=args.connections,
                                     threads=1, script=script)
         peaks = sampler.stop()
@@ -195,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         "batch_rps": round(results["batch"]["rps"], 2),
         "batch_p99_ms": round(results["batch"]["p99_ms"], 1),
         "batch_obs_per_s": round(batch_obs),
+        # Where the batch phase's CPU went: cores busy, and microseconds per observation.
+        "batch_cpu_cores": batch_cores,
+        "batch_cpu_us_per_obs": {k: round(batch_cores[k] * 1e6 / batch_obs, 2) for k in ("postgres", "workers")},
         "status_rps": round(results["status"]["rps"], 1),
         "status_p99_ms": round(results["status"]["p99_ms"], 2),
         "errors": errors,
@@ -209,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([name, f"{r['rps']:.1f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", r["errors"]])
     print_table(f"HTTP load: gunicorn {args.workers}x{args.threads} {worker_class}, PostgreSQL, Redis, {args.seconds:g}s per phase",
                 rows, headers=("phase", "requests/s", "p50 ms", "p99 ms", "errors"))
+    print(f"batch phase CPU, cores: {batch_cores}; per observation, us: {summary['batch_cpu_us_per_obs']}")
     print()
     print_table("against the targets", [
         ["single predictions/s", summary["predict_rps"], f">= {TARGETS['predict_rps']}"],
