@@ -35,7 +35,7 @@ from training.rl.features import (
 from . import metrics
 from . import pgcopy
 from .fields import FLOAT32_BE, float_array_literal
-from .ids import uuid7_bytes, uuid7_list, uuid_strings
+from .ids import uuid7, uuid7_bytes, uuid7_list, uuid_strings
 from .models import Decision, DecisionSource, Experience, MarketBar, ModelRole, ShadowModeChange, ShadowModeState
 from .serving import ServedPolicy, policy_server
 from .streams.codec import MarketTick, PositionClose
@@ -216,42 +216,43 @@ def decisions_predict(*, observations: ObservationBatch | Sequence[dict], source
     if not (np.isfinite(batch.values).all() and np.isfinite(batch.probabilities).all()):
         raise ValueError("the policy returned a non-finite value or probability")
     confidences = np.clip(batch.probabilities[np.arange(n), batch.actions], 0.0, 1.0)
-    ids = uuid7_bytes(n)
     created_at = timezone.now()
 
-    def predictions() -> Predictions:
+    def predictions(decision_ids: list[str]) -> Predictions:
         return Predictions.of(
-            decision_ids=uuid_strings(ids), symbols=symbols, actions=batch.actions.tolist(),
+            decision_ids=decision_ids, symbols=symbols, actions=batch.actions.tolist(),
             probabilities=batch.probabilities.tolist(), confidences=confidences.tolist(), values=batch.values.tolist(),
             model_version=policy.version, shadow_mode=shadow, source=source, role=ModelRole.CHAMPION,
         )
 
-    if connection.vendor != "postgresql":
-        _api_create(ids, observations, vectors, batch, confidences, policy.version, shadow, source, created_at)
-    elif n == 1:
+    if connection.vendor == "postgresql" and n == 1:
+        key = uuid7()  # one id: the uuid module's, without numpy's fixed cost
         _execute_prepared(_api_sql()[0], [
-            uuid.UUID(bytes=ids[0].tobytes()), symbols[0], float_array_literal(values[0].tolist()),
+            key, symbols[0], float_array_literal(values[0].tolist()),
             vectors[0].astype(FLOAT32_BE).tobytes(), FEATURE_SPEC_VERSION, int(batch.actions[0]),
             float_array_literal(batch.probabilities[0].tolist()), float(confidences[0]),
             float(batch.values[0]), policy.version, ModelRole.CHAMPION, shadow, source, created_at,
         ])
-    else:
-        payload = pgcopy.copy_payload(
-            ids=ids, observations=values, features=vectors, actions=batch.actions,
-            probabilities=batch.probabilities, confidences=confidences, values=batch.values, shadow_mode=shadow,
-            created_at=created_at, symbols=symbols, constants={
-                "feature_spec_version": FEATURE_SPEC_VERSION, "model_version": policy.version,
-                "role": ModelRole.CHAMPION, "source": source,
-            },
-        )
-        with connection.cursor() as cursor, connection.wrap_database_errors:
-            with psycopg.Cursor(cursor.cursor.connection) as raw, raw.copy(_api_sql()[1]) as copy:
-                copy.write(payload)
-                # PostgreSQL has the rows and stores them meanwhile; leaving the block ends the COPY
-                # and waits for its result (an error there raises, and these answers are dropped).
-                result = predictions()
-        return result
-    return predictions()
+        return predictions([str(key)])
+    ids = uuid7_bytes(n)
+    if connection.vendor != "postgresql":
+        _api_create(ids, observations, vectors, batch, confidences, policy.version, shadow, source, created_at)
+        return predictions(uuid_strings(ids))
+    payload = pgcopy.copy_payload(
+        ids=ids, observations=values, features=vectors, actions=batch.actions,
+        probabilities=batch.probabilities, confidences=confidences, values=batch.values, shadow_mode=shadow,
+        created_at=created_at, symbols=symbols, constants={
+            "feature_spec_version": FEATURE_SPEC_VERSION, "model_version": policy.version,
+            "role": ModelRole.CHAMPION, "source": source,
+        },
+    )
+    with connection.cursor() as cursor, connection.wrap_database_errors:
+        with psycopg.Cursor(cursor.cursor.connection) as raw, raw.copy(_api_sql()[1]) as copy:
+            copy.write(payload)
+            # PostgreSQL has the rows and stores them meanwhile; leaving the block ends the COPY
+            # and waits for its result (an error there raises, and these answers are dropped).
+            result = predictions(uuid_strings(ids))
+    return result
 
 
 def _api_create(ids, observations: ObservationBatch, vectors, batch, confidences, version, shadow, source, created_at) -> None:

@@ -35,6 +35,7 @@ def test_predict_seed_body_sent_like_curl(reader_api):
     assert body["model_version"] == "untrained"
     assert body["shadow_mode"] is True
     stored = Decision.objects.get(decision_id=body["decision_id"])
+    assert str(stored.decision_id) == body["decision_id"] and stored.decision_id.version == 7
     assert stored.source == DecisionSource.API
     assert stored.observation["rsi"] == 55 and stored.observation["volatility"] == 0.02
     assert stored.observation["regime"] == "TREND"  # seed default filled in
