@@ -7,7 +7,8 @@ import logging
 import math
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -246,12 +247,11 @@ def decisions_predict(*, observations: ObservationBatch | Sequence[dict], source
             "role": ModelRole.CHAMPION, "source": source,
         },
     )
-    with connection.cursor() as cursor, connection.wrap_database_errors:
-        with psycopg.Cursor(cursor.cursor.connection) as raw, raw.copy(_api_sql()[1]) as copy:
-            copy.write(payload)
-            # PostgreSQL has the rows and stores them meanwhile; leaving the block ends the COPY
-            # and waits for its result (an error there raises, and these answers are dropped).
-            result = predictions(uuid_strings(ids))
+    with _raw_cursor() as raw, raw.copy(_api_sql()[1]) as copy:
+        copy.write(payload)
+        # PostgreSQL has the rows and stores them meanwhile; leaving the block ends the COPY
+        # and waits for its result (an error there raises, and these answers are dropped).
+        result = predictions(uuid_strings(ids))
     return result
 
 
@@ -403,14 +403,24 @@ def _decisions_insert(rows: list[Decision]) -> set[uuid.UUID] | None:
     return {row[0] for row in _execute_prepared(sql, params)}
 
 
+@contextmanager
+def _raw_cursor() -> Iterator[psycopg.Cursor]:
+    """A psycopg cursor on Django's connection (server-side binding, COPY), after the checks
+    Django's own cursor makes before a query; database errors are raised as Django's."""
+    with connection.wrap_database_errors:
+        connection.validate_thread_sharing()
+        connection.validate_no_broken_transaction()
+        connection.ensure_connection()
+        with psycopg.Cursor(connection.connection) as cursor:
+            yield cursor
+
+
 def _execute_prepared(sql: str, params: list) -> list[tuple]:
     """Run ``sql`` as a server-side prepared statement (prepared once per connection) on Django's
     connection; the rows it returns (none for a plain INSERT)."""
-    with connection.cursor() as cursor, connection.wrap_database_errors:
-        # Django's wrapper checked the connection; the prepared statement runs on the same one.
-        with psycopg.Cursor(cursor.cursor.connection) as prepared:
-            prepared.execute(sql, params, prepare=True)
-            return prepared.fetchall() if prepared.description else []
+    with _raw_cursor() as prepared:
+        prepared.execute(sql, params, prepare=True)
+        return prepared.fetchall() if prepared.description else []
 
 
 @functools.cache
