@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -403,6 +404,12 @@ def _decisions_insert(rows: list[Decision]) -> set[uuid.UUID] | None:
     return {row[0] for row in _execute_prepared(sql, params)}
 
 
+# The psycopg cursor of this thread's connection (Django's connections are per thread), kept
+# until the connection changes: a cursor keeps the adapters it has looked up for the parameters'
+# types, which a new cursor per statement looked up again each time.
+_thread = threading.local()
+
+
 @contextmanager
 def _raw_cursor() -> Iterator[psycopg.Cursor]:
     """A psycopg cursor on Django's connection (server-side binding, COPY), after the checks
@@ -411,8 +418,11 @@ def _raw_cursor() -> Iterator[psycopg.Cursor]:
         connection.validate_thread_sharing()
         connection.validate_no_broken_transaction()
         connection.ensure_connection()
-        with psycopg.Cursor(connection.connection) as cursor:
-            yield cursor
+        raw = connection.connection
+        cursor = getattr(_thread, "cursor", None)
+        if cursor is None or cursor.connection is not raw or cursor.closed:
+            cursor = _thread.cursor = psycopg.Cursor(raw)
+        yield cursor
 
 
 def _execute_prepared(sql: str, params: list) -> list[tuple]:

@@ -157,6 +157,34 @@ def test_fast_path_answers_503_when_the_database_is_unreachable(reader_api):
     assert Decision.objects.count() == 1
 
 
+@pytest.mark.django_db(transaction=True)
+def test_inserts_go_on_after_a_failed_statement_and_a_new_connection(reader_api):
+    """API inserts keep one psycopg cursor per connection: a statement that failed on it, and a
+    connection Django replaced, leave later single and batch predictions stored."""
+    from django.db import DatabaseError, connection
+
+    from decisions import services
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the insert path's own cursor is PostgreSQL's")
+
+    def predict_single_and_batch():
+        assert reader_api.post(API + "predict", {"rsi": 50}, format="json").status_code == 200
+        batch = reader_api.post(API + "predict", {"observations": [{"rsi": 40}] * 30}, format="json")
+        assert batch.status_code == 200, batch.content
+
+    predict_single_and_batch()
+    first = services._thread.cursor
+    with pytest.raises(DatabaseError):
+        services._execute_prepared("SELECT no_such_column FROM decisions_decision", [])
+    predict_single_and_batch()
+    assert services._thread.cursor is first  # kept across the error
+    connection.close()
+    predict_single_and_batch()
+    assert services._thread.cursor is not first and services._thread.cursor.connection is connection.connection
+    assert Decision.objects.count() == 3 * 31
+
+
 def test_status_has_seed_and_service_fields(reader_api):
     body = reader_api.get(API + "status").json()
     for key in ("active", "shadow_mode", "model_loaded", "experiences_collected", "model_path",
