@@ -20,7 +20,7 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -227,7 +227,8 @@ def decisions_predict(*, observations: ObservationBatch | Sequence[dict], source
             model_version=policy.version, shadow_mode=shadow, source=source, role=ModelRole.CHAMPION,
         )
 
-    if connection.vendor == "postgresql" and n == 1:
+    postgresql = connection.vendor == "postgresql"
+    if postgresql and n == 1:
         key = uuid7()  # one id: the uuid module's, without numpy's fixed cost
         _execute_prepared(_api_sql()[0], [
             key, symbols[0], float_array_literal(values[0].tolist()),
@@ -237,7 +238,7 @@ def decisions_predict(*, observations: ObservationBatch | Sequence[dict], source
         ])
         return predictions([str(key)])
     ids = uuid7_bytes(n)
-    if connection.vendor != "postgresql":
+    if not postgresql:
         _api_create(ids, observations, vectors, batch, confidences, policy.version, shadow, source, created_at)
         return predictions(uuid_strings(ids))
     payload = pgcopy.copy_payload(
@@ -414,11 +415,12 @@ _thread = threading.local()
 def _raw_cursor() -> Iterator[psycopg.Cursor]:
     """A psycopg cursor on Django's connection (server-side binding, COPY), after the checks
     Django's own cursor makes before a query; database errors are raised as Django's."""
-    with connection.wrap_database_errors:
-        connection.validate_thread_sharing()
-        connection.validate_no_broken_transaction()
-        connection.ensure_connection()
-        raw = connection.connection
+    db = connections[DEFAULT_DB_ALIAS]  # `connection` resolves the alias on every attribute
+    with db.wrap_database_errors:
+        db.validate_thread_sharing()
+        db.validate_no_broken_transaction()
+        db.ensure_connection()
+        raw = db.connection
         cursor = getattr(_thread, "cursor", None)
         if cursor is None or cursor.connection is not raw or cursor.closed:
             cursor = _thread.cursor = psycopg.Cursor(raw)
