@@ -172,18 +172,18 @@ class Service:
 GUNICORN_CONF = ROOT / "gunicorn.conf.py"
 
 
-def gunicorn_settings() -> dict:
-    """The production settings in gunicorn.conf.py (workers, worker_class, ...) as this machine reads them."""
-    return {k: v for k, v in runpy.run_path(str(GUNICORN_CONF)).items() if not k.startswith("_") and k != "os"}
+def gunicorn_workers(*, workers: int | None = None, threads: int = 1, worker_class: str | None = None) -> dict:
+    """The workers gunicorn runs: gunicorn.conf.py's (as this machine reads it), with these
+    overrides; more than one thread means gthread."""
+    conf = runpy.run_path(str(GUNICORN_CONF))
+    return {"workers": workers or conf["workers"], "threads": threads,
+            "worker_class": worker_class or ("gthread" if threads > 1 else conf["worker_class"])}
 
 
 def gunicorn(port: int, *, env: dict[str, str], log_path: Path, workers: int | None = None, threads: int = 1,
              worker_class: str | None = None) -> Service:
-    """gunicorn with the production settings (gunicorn.conf.py); ``workers``, ``threads`` and
-    ``worker_class`` override them (more than one thread means gthread)."""
-    argv = [PY, "-m", "gunicorn", "rlv3site.wsgi:application", "-c", str(GUNICORN_CONF), "--bind", f"127.0.0.1:{port}"]
-    if workers is not None:
-        argv += ["--workers", str(workers)]
-    if threads > 1 or worker_class:
-        argv += ["--worker-class", worker_class or "gthread", "--threads", str(threads)]
+    """gunicorn with the production settings (gunicorn.conf.py), the workers as `gunicorn_workers` gives them."""
+    run = gunicorn_workers(workers=workers, threads=threads, worker_class=worker_class)
+    argv = [PY, "-m", "gunicorn", "rlv3site.wsgi:application", "-c", str(GUNICORN_CONF), "--bind", f"127.0.0.1:{port}",
+            "--workers", str(run["workers"]), "--worker-class", run["worker_class"], "--threads", str(run["threads"])]
     return Service("web", argv, env=env, log_path=log_path)

@@ -44,7 +44,7 @@ import time  # noqa: E402
 
 from bench._common import emit_json, machine, print_table, record  # noqa: E402
 from bench._services import (  # noqa: E402
-    database_create, free_port, gunicorn, gunicorn_settings, manage, operator_token, production_env, wait_port,
+    database_create, free_port, gunicorn, gunicorn_workers, manage, operator_token, production_env, wait_port,
 )
 
 API = "/api/v1/rl/v3/"
@@ -182,9 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1024, help="Observations per batch request.")
     parser.add_argument("--json", action="store_true", help="Print one JSON object as the last line.")
     args = parser.parse_args(argv)
-    settings = gunicorn_settings()
-    args.workers = args.workers or settings["workers"]
-    worker_class = args.worker_class or ("gthread" if args.threads > 1 else settings["worker_class"])
+    run = gunicorn_workers(workers=args.workers, threads=args.threads, worker_class=args.worker_class)
+    args.workers, worker_class = run["workers"], run["worker_class"]
     if shutil.which("wrk") is None:
         print("bench/http.py needs wrk: apt-get install -y wrk", file=sys.stderr)
         return 2
@@ -209,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
     port = free_port()
     web = gunicorn(port, env=env, log_path=work / "gunicorn.log", workers=args.workers, threads=args.threads,
-                   worker_class=args.worker_class).start()
+                   worker_class=worker_class).start()
     results: dict[str, dict] = {}
     try:
         wait_port(port, proc=web.proc)

@@ -12,7 +12,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import NamedTuple
 
 import numpy as np
 
@@ -136,37 +135,16 @@ def _decisions_build(
     return built
 
 
-class Prediction(NamedTuple):
-    """An API decision as stored: what the answer shows, plus its source and role (for metrics)."""
-
-    decision_id: str
-    symbol: str
-    action: int
-    probabilities: list[float]
-    confidence: float
-    value: float
-    model_version: str
-    shadow_mode: bool
-    source: str
-    role: str
-
-
 @dataclass(frozen=True)
-class Predictions(Sequence):
-    """The API decisions of one `decisions_predict` call, column by column (a Sequence of
-    `Prediction`), with the answer each gets (`answers`, the predict endpoint's body items)."""
+class Predictions:
+    """The API decisions one `decisions_predict` call stored: the answer each gets (the predict
+    endpoint's body items, in order), and what `metrics.decisions_count` counts them by."""
 
-    decision_ids: list[str]
-    symbols: list[str]
+    answers: list[dict]
     actions: list[int]
-    probabilities: list[list[float]]
-    confidences: list[float]
-    values: list[float]
-    model_version: str
-    shadow_mode: bool
+    symbols: list[str]
     source: str
     role: str
-    answers: list[dict]
 
     @classmethod
     def of(cls, *, decision_ids, symbols, actions, probabilities, confidences, values, model_version, shadow_mode,
@@ -177,22 +155,10 @@ class Predictions(Sequence):
              "probabilities": dict(zip(names, p)), "value": v, "model_version": version, "shadow_mode": shadow}
             for d, s, a, c, p, v in zip(decision_ids, symbols, actions, confidences, probabilities, values)
         ]
-        return cls(decision_ids, symbols, actions, probabilities, confidences, values, model_version, shadow_mode,
-                   source, role, answers)
-
-    def __len__(self) -> int:
-        return len(self.decision_ids)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        return Prediction(
-            self.decision_ids[i], self.symbols[i], self.actions[i], self.probabilities[i], self.confidences[i],
-            self.values[i], self.model_version, self.shadow_mode, self.source, self.role,
-        )
+        return cls(answers, actions, symbols, source, role)
 
     def label_counts(self) -> Counter:
-        """How many decisions each (action, symbol, source, role) has (`metrics.decisions_count`)."""
+        """How many decisions each (action, symbol, source, role) has."""
         return Counter((action, symbol, self.source, self.role) for action, symbol in zip(self.actions, self.symbols))
 
 

@@ -202,10 +202,10 @@ def _replay_through_the_decision_path(bars: int = 160) -> int:
     stored, equity, done = 0, 10_000.0, False
     while not done:
         fields = {**env.observation_fields(), "symbol": "EURUSD"}
-        (decision,) = decisions_predict(observations=[fields])
-        _, _, terminated, truncated, info = env.step(decision.action)
+        (decision,) = decisions_predict(observations=[fields]).answers
+        _, _, terminated, truncated, info = env.step(decision["action_code"])
         pnl = info["equity"] - equity
-        close = PositionClose(symbol="EURUSD", pnl=pnl, roi=100 * pnl / equity, decision_id=str(decision.decision_id))
+        close = PositionClose(symbol="EURUSD", pnl=pnl, roi=100 * pnl / equity, decision_id=decision["decision_id"])
         experience_record(close=close, stream_entry_id=None, correlation_id=None)
         equity, done, stored = info["equity"], terminated or truncated, stored + 1
     return stored
