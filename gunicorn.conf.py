@@ -14,9 +14,20 @@ buffering proxy in front.
 """
 
 import os
+import time
 
 worker_class = "sync"
 workers = int(os.environ.get("WEB_CONCURRENCY") or 0) or len(os.sched_getaffinity(0)) + 1
 backlog = 2048
 timeout = 60
 graceful_timeout = 10
+
+
+def post_fork(server, worker):
+    worker.forked_at = time.monotonic()
+
+
+def post_worker_init(worker):
+    """The worker has imported the application and serves from now on (bench/http.py waits for
+    every worker's line before it measures)."""
+    worker.log.info("Worker ready (pid: %s) after %.1f s", worker.pid, time.monotonic() - worker.forked_at)

@@ -187,3 +187,17 @@ def gunicorn(port: int, *, env: dict[str, str], log_path: Path, workers: int | N
     argv = [PY, "-m", "gunicorn", "rlv3site.wsgi:application", "-c", str(GUNICORN_CONF), "--bind", f"127.0.0.1:{port}",
             "--workers", str(run["workers"]), "--worker-class", run["worker_class"], "--threads", str(run["threads"])]
     return Service("web", argv, env=env, log_path=log_path)
+
+
+def wait_workers_ready(web: Service, workers: int, timeout: float = 120.0) -> None:
+    """Block until ``workers`` gunicorn workers have logged that they loaded the application
+    (gunicorn.conf.py's post_worker_init): the master listens long before they can answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not web.alive():
+            raise RuntimeError(f"gunicorn exited with {web.proc.returncode} before its workers were ready")
+        if web.log_path.read_text(errors="replace").count("Worker ready") >= workers:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"fewer than {workers} gunicorn workers ready after {timeout}s (see {web.log_path})")
+

@@ -45,6 +45,7 @@ import time  # noqa: E402
 from bench._common import emit_json, machine, print_table, record  # noqa: E402
 from bench._services import (  # noqa: E402
     database_create, free_port, gunicorn, gunicorn_workers, manage, operator_token, production_env, wait_port,
+    wait_workers_ready,
 )
 
 API = "/api/v1/rl/v3/"
@@ -212,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     try:
         wait_port(port, proc=web.proc)
+        wait_workers_ready(web, args.workers)
         base = f"http://127.0.0.1:{port}{API}"
-        # Warm-up: every worker imports, connects and loads the policy before the clock starts.
+        # Warm-up: every worker has imported the application (above); now each connects to
+        # PostgreSQL and Redis and loads the policy before the clock starts.
         wrk_run(url=base + "predict", token=token, seconds=2, connections=args.connections, threads=1, method="POST", body=single, script=script)
         sampler = RssSampler(web.pid)
         sampler.start()

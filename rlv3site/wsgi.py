@@ -1,6 +1,7 @@
 import os
 
 from django.core.wsgi import get_wsgi_application
+from django.urls import reverse
 
 from rlv3site.memory import freeze_startup_objects, keep_freed_memory
 
@@ -13,4 +14,7 @@ django_application = get_wsgi_application()
 from decisions.api.fastpath import PredictWSGI  # noqa: E402
 
 application = PredictWSGI(django_application)
+# The URLconf, and the views, serializers and schema code it imports, load now rather than in the
+# first request each worker serves, and are frozen with the rest.
+reverse("rlv3:predict")
 freeze_startup_objects()  # last: everything loaded so far lives as long as the worker
