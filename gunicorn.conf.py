@@ -6,9 +6,10 @@ PostgreSQL backend, so with one worker per core a core sits idle while both work
 PostgreSQL. Measured with bench/http.py on 2 cores: 2 workers leave 0.12-0.14 of the cores idle
 during the batch phase, 3 workers 0.06-0.08. Threads in one worker share its interpreter: gthread
 2 x 4 had batch p99 of 178-251 ms and single-prediction p99 up to 75 ms, against 62-68 ms and
-13 ms for 3 sync workers. A sync worker serves one request at a time and closes the connection
-after it: behind clients that may be slow (not the trading system on its own network), put a
-buffering proxy in front.
+13 ms for 3 sync workers. A sync worker serves one request at a time, reads it with no deadline
+and closes the connection after it: a stalled client holds a worker until ``timeout`` kills it, so
+clients reach the workers through nginx (nginx.conf; docker-compose's ``proxy`` service), which
+reads every request and response whole.
 
 ``WEB_CONCURRENCY`` (gunicorn's own variable) sets the number of workers.
 """

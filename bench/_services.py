@@ -201,3 +201,29 @@ def wait_workers_ready(web: Service, workers: int, timeout: float = 120.0) -> No
         time.sleep(0.1)
     raise TimeoutError(f"fewer than {workers} gunicorn workers ready after {timeout}s (see {web.log_path})")
 
+
+NGINX_CONF = ROOT / "nginx.conf"
+NGINX = "/usr/sbin/nginx"
+
+
+def nginx_conf_for(*, port: int, upstream_port: int) -> str:
+    """nginx.conf as docker-compose runs it, but listening on ``port`` and proxying to gunicorn
+    on 127.0.0.1:``upstream_port`` (the only two lines that differ)."""
+    text = NGINX_CONF.read_text()
+    swaps = {"server web:8000;": f"server 127.0.0.1:{upstream_port};", "listen 8080;": f"listen 127.0.0.1:{port};"}
+    for old, new in swaps.items():
+        if text.count(old) != 1:
+            raise ValueError(f"nginx.conf should have {old!r} exactly once")
+        text = text.replace(old, new)
+    return text
+
+
+def nginx(port: int, *, upstream_port: int, run_dir: Path) -> Service:
+    """nginx (Debian's nginx-light) in the foreground with the project's nginx.conf, in front of
+    gunicorn on ``upstream_port``; its logs go to ``run_dir``/nginx.log."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    conf = run_dir / "nginx.conf"
+    conf.write_text(nginx_conf_for(port=port, upstream_port=upstream_port))
+    argv = [NGINX, "-p", str(run_dir), "-c", str(conf), "-e", "stderr",
+            "-g", f"daemon off; pid {run_dir / 'nginx.pid'};"]
+    return Service("proxy", argv, env=dict(os.environ), log_path=run_dir / "nginx.log")

@@ -17,7 +17,10 @@ peak RSS (psutil, sampled every 100 ms). ``--json`` prints one JSON object as th
 (``batch_cpu_cores``: PostgreSQL's processes, the workers, wrk, idle; ``batch_cpu_us_per_obs``). Targets on a 2-core machine: >= 1,500 predictions/s
 with p99 <= 20 ms and no errors, >= 100,000 observations/s batched, <= 150 MB per worker.
 
-    python bench/http.py [--seconds 10] [--workers N] [--threads 1] [--connections 8] [--json]
+``--proxy`` puts nginx with the project's nginx.conf (docker-compose's ``proxy`` service) in front
+and drives the load through it; its CPU is then reported as ``proxy``.
+
+    python bench/http.py [--seconds 10] [--workers N] [--threads 1] [--connections 8] [--proxy] [--json]
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import time  # noqa: E402
 
 from bench._common import emit_json, machine, print_table, record  # noqa: E402
 from bench._services import (  # noqa: E402
-    database_create, free_port, gunicorn, gunicorn_workers, manage, operator_token, production_env, wait_port,
+    NGINX, database_create, free_port, gunicorn, gunicorn_workers, manage, nginx, operator_token, production_env, wait_port,
     wait_workers_ready,
 )
 
@@ -118,8 +121,8 @@ class CpuSplit:
     """CPU time over a phase, by who used it: PostgreSQL's processes and gunicorn's workers (from
     ``/proc``), wrk (this process's waited-for children), and how much of the machine sat idle."""
 
-    def __init__(self, master_pid: int):
-        self.master_pid = master_pid
+    def __init__(self, master_pid: int, proxy_pid: int | None = None):
+        self.master_pid, self.proxy_pid = master_pid, proxy_pid
         self._tick = os.sysconf("SC_CLK_TCK")
 
     def _sample(self) -> tuple[float, dict[str, int], int]:
@@ -128,10 +131,15 @@ class CpuSplit:
         children = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once it has exited
         used = {"postgres": 0, "workers": 0, "wrk": round((children.ru_utime + children.ru_stime) * self._tick)}
         workers = {c.pid for c in psutil.Process(self.master_pid).children()}
+        proxy = set()
+        if self.proxy_pid is not None:
+            used["proxy"] = 0
+            proxy = {self.proxy_pid, *(c.pid for c in psutil.Process(self.proxy_pid).children())}
         for proc in psutil.process_iter(["pid", "cmdline"]):
             try:
                 cmdline = proc.info["cmdline"] or []
                 group = ("workers" if proc.info["pid"] in workers else
+                         "proxy" if proc.info["pid"] in proxy else
                          "postgres" if cmdline[:1] and cmdline[0].startswith("postgres") else None)
                 if group:
                     times = proc.cpu_times()
@@ -181,12 +189,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="gunicorn worker class (default: gunicorn.conf.py's, sync, with one thread; else gthread, which keeps connections alive).")
     parser.add_argument("--connections", type=int, default=8, help="Concurrent connections for single predictions.")
     parser.add_argument("--batch", type=int, default=1024, help="Observations per batch request.")
+    parser.add_argument("--proxy", action="store_true",
+                        help="Drive the load through nginx with nginx.conf (docker-compose's proxy) in front of gunicorn.")
     parser.add_argument("--json", action="store_true", help="Print one JSON object as the last line.")
     args = parser.parse_args(argv)
     run = gunicorn_workers(workers=args.workers, threads=args.threads, worker_class=args.worker_class)
     args.workers, worker_class = run["workers"], run["worker_class"]
     if shutil.which("wrk") is None:
         print("bench/http.py needs wrk: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    if args.proxy and not os.access(NGINX, os.X_OK):
+        print("bench/http.py --proxy needs nginx: apt-get install -y nginx-light", file=sys.stderr)
         return 2
 
     base_db = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/rlv3"
@@ -210,11 +223,16 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     web = gunicorn(port, env=env, log_path=work / "gunicorn.log", workers=args.workers, threads=args.threads,
                    worker_class=worker_class).start()
+    proxy = None
     results: dict[str, dict] = {}
     try:
         wait_port(port, proc=web.proc)
         wait_workers_ready(web, args.workers)
-        base = f"http://127.0.0.1:{port}{API}"
+        if args.proxy:
+            proxy_port = free_port()
+            proxy = nginx(proxy_port, upstream_port=port, run_dir=work / "proxy").start()
+            wait_port(proxy_port, proc=proxy.proc)
+        base = f"http://127.0.0.1:{proxy_port if proxy else port}{API}"
         # Warm-up: every worker has imported the application (above); now each connects to
         # PostgreSQL and Redis and loads the policy before the clock starts.
         wrk_run(url=base + "predict", token=token, seconds=2, connections=args.connections, threads=1, method="POST", body=single, script=script)
@@ -223,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         results["predict"] = wrk_run(url=base + "predict", token=token, seconds=args.seconds, connections=args.connections,
                                      threads=1, method="POST", body=single, script=script)
         # One batch in flight per request slot (workers x threads) the server has.
-        split = CpuSplit(web.pid).start()
+        split = CpuSplit(web.pid, proxy.pid if proxy else None).start()
         results["batch"] = wrk_run(url=base + "predict", token=token, seconds=args.seconds, connections=args.workers * args.threads,
                                    threads=1, method="POST", body=batch, script=script)
         batch_cores = split.stop()
@@ -231,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                                     threads=1, script=script)
         peaks = sampler.stop()
     finally:
+        if proxy is not None:
+            proxy.stop()
         web.stop()
 
     batch_obs = results["batch"]["rps"] * args.batch
@@ -245,20 +265,22 @@ def main(argv: list[str] | None = None) -> int:
         "batch_obs_per_s": round(batch_obs),
         # Where the batch phase's CPU went: cores busy, and microseconds per observation.
         "batch_cpu_cores": batch_cores,
-        "batch_cpu_us_per_obs": {k: round(batch_cores[k] * 1e6 / batch_obs, 2) for k in ("postgres", "workers")},
+        "batch_cpu_us_per_obs": {k: round(batch_cores[k] * 1e6 / batch_obs, 2) for k in ("postgres", "workers", "proxy") if k in batch_cores},
         "status_rps": round(results["status"]["rps"], 1),
         "status_p99_ms": round(results["status"]["p99_ms"], 2),
         "errors": errors,
         "worker_peak_rss_mb": max(rss) if rss else None,
         "workers_peak_rss_mb": rss,
         "config": {"seconds": args.seconds, "workers": args.workers, "worker_class": worker_class, "threads": args.threads,
-                   "connections": args.connections, "batch": args.batch, "load": "wrk (separate process)"},
+                   "connections": args.connections, "batch": args.batch, "load": "wrk (separate process)",
+                   "proxy": "nginx (nginx.conf)" if args.proxy else None},
         "machine": machine(),
     }
     rows = []
     for name, r in results.items():
         rows.append([name, f"{r['rps']:.1f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", r["errors"]])
-    print_table(f"HTTP load: gunicorn {args.workers}x{args.threads} {worker_class}, PostgreSQL, Redis, {args.seconds:g}s per phase",
+    through = ", through nginx" if args.proxy else ""
+    print_table(f"HTTP load{through}: gunicorn {args.workers}x{args.threads} {worker_class}, PostgreSQL, Redis, {args.seconds:g}s per phase",
                 rows, headers=("phase", "requests/s", "p50 ms", "p99 ms", "errors"))
     print(f"batch phase CPU, cores: {batch_cores}; per observation, us: {summary['batch_cpu_us_per_obs']}")
     print()
@@ -269,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         ["errors", errors, "0"],
         ["worker peak RSS MB", ", ".join(map(str, rss)), f"<= {TARGETS['worker_peak_rss_mb']} each"],
     ])
-    record("http", summary)
+    record("http_proxy" if args.proxy else "http", summary)
     if args.json:
         emit_json(summary)
     return 0

@@ -131,3 +131,19 @@ def test_every_way_of_starting_the_web_service_uses_the_gunicorn_settings(monkey
     assert settings["worker_class"] == "sync" and settings["workers"] == len(os.sched_getaffinity(0)) + 1
     monkeypatch.setenv("WEB_CONCURRENCY", "5")
     assert runpy.run_path(str(BASE_DIR / "gunicorn.conf.py"))["workers"] == 5
+
+
+def test_docker_compose_puts_the_proxy_in_front_of_the_web_service():
+    """Only the proxy is published; it runs the nginx.conf that tests/test_proxy.py runs, and that
+    file proxies to the web service where gunicorn binds."""
+    import yaml
+
+    services = yaml.safe_load((BASE_DIR / "docker-compose.yml").read_text())["services"]
+    published = {name for name, service in services.items() if service.get("ports")}
+    assert published == {"proxy"}
+    proxy = services["proxy"]
+    assert proxy["image"].startswith("nginx:") and "./nginx.conf:/etc/nginx/nginx.conf:ro" in proxy["volumes"]
+    assert any(port.endswith(":8080") for port in proxy["ports"])
+    conf = (BASE_DIR / "nginx.conf").read_text()
+    assert "server web:8000;" in conf and "listen 8080;" in conf
+    assert services["web"]["command"][-2:] == ["--bind", "0.0.0.0:8000"]
