@@ -158,3 +158,18 @@ def test_the_proxy_logs_requests_without_their_tokens(stack):
     log = (stack["run_dir"] / "nginx.log").read_text()
     assert f'"POST {API}predict HTTP/1.1" 200' in log
     assert stack["token"] not in log
+
+
+def test_no_service_behind_the_proxy_is_a_json_503(tmp_path):
+    """gunicorn down or restarting: the client gets a JSON error with Retry-After, not nginx's page."""
+    if not os.access(NGINX, os.X_OK):
+        pytest.skip(f"{NGINX} is not installed (apt-get install -y nginx-light)")
+    port = free_port()
+    proxy = nginx(port, upstream_port=free_port(), run_dir=tmp_path).start()  # nothing listens upstream
+    try:
+        wait_port(port, proc=proxy.proc)
+        status, headers, payload = _request(port, "GET", "/healthz?live", {})
+    finally:
+        proxy.stop()
+    assert status == 503 and headers["content-type"].startswith("application/json")
+    assert headers["retry-after"] == "5" and "unavailable" in json.loads(payload)["error"]
