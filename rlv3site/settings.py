@@ -109,6 +109,13 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test_db_{os.getpid()}.sqlite3")}
 else:
     DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env_int("DB_CONNECT_TIMEOUT", 5)
+    # Django turns psycopg's prepared statements off (prepare_threshold None, for poolers that
+    # cannot keep them), and then psycopg ignores even an explicit prepare=True. A threshold no
+    # query reaches keeps Django's queries unprepared and prepares the statements that ask for it:
+    # the inserts of decisions.services, which PostgreSQL then parses and plans once a connection.
+    # DB_PREPARED_STATEMENTS=false for a transaction-mode pooler without prepared-statement support.
+    if env_bool("DB_PREPARED_STATEMENTS", True):
+        DATABASES["default"]["OPTIONS"]["prepare_threshold"] = 2**31 - 1
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

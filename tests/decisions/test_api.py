@@ -185,6 +185,27 @@ def test_inserts_go_on_after_a_failed_statement_and_a_new_connection(reader_api)
     assert Decision.objects.count() == 3 * 31
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_insert_statements_are_prepared_once_a_connection_and_django_s_queries_are_not(reader_api):
+    """A single prediction's INSERT is a server-side prepared statement: PostgreSQL parses and
+    plans it once a connection, not once a call. Django's own queries stay unprepared."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("prepared statements are PostgreSQL's")
+    for rsi in (40, 50, 60):
+        assert reader_api.post(API + "predict", {"rsi": rsi}, format="json").status_code == 200
+    for _ in range(10):
+        list(Decision.objects.filter(symbol="X")[:1])
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements WHERE NOT from_sql")
+        prepared = [row[0] for row in cursor.fetchall()]
+    inserts = [text for text in prepared if text.startswith("INSERT INTO") and "decisions_decision" in text]
+    assert len(inserts) == 1, prepared
+    assert not any(text.lstrip().upper().startswith("SELECT") for text in prepared), prepared
+    assert Decision.objects.count() == 3
+
+
 def test_status_has_seed_and_service_fields(reader_api):
     body = reader_api.get(API + "status").json()
     for key in ("active", "shadow_mode", "model_loaded", "experiences_collected", "model_path",
