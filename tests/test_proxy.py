@@ -11,26 +11,28 @@ import http.client
 import json
 import os
 import socket
-import sys
 import tempfile
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from training.rl.actions import ACTION_NAMES
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-
-from _services import (  # noqa: E402
+from bench._services import (
     NGINX, database_create, database_drop, free_port, gunicorn, gunicorn_workers, manage, nginx, operator_token,
     production_env, wait_port, wait_workers_ready,
 )
+from training.rl.actions import ACTION_NAMES
 
 API = "/api/v1/rl/v3/"
 OBSERVATION = {"symbol": "BTCUSDT", "rsi": 55.0, "macd": 0.1, "volatility": 0.02, "regime": "TREND"}
+
+
+def _require_nginx() -> None:
+    """Skip without Debian's nginx, except in CI, where .ci/run installs it and its absence fails."""
+    if not os.access(NGINX, os.X_OK):
+        if os.environ.get("CI"):
+            pytest.fail(f"{NGINX} is missing: .ci/run installs Debian's nginx-light package")
+        pytest.skip(f"{NGINX} is not installed (apt-get install -y nginx-light)")
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +41,7 @@ def stack(tmp_path_factory):
     base_db = os.environ.get("DATABASE_URL", "")
     if not base_db.startswith("postgres"):
         pytest.skip("the proxy test needs PostgreSQL (DATABASE_URL=postgres://...)")
-    if not os.access(NGINX, os.X_OK):
-        if os.environ.get("CI"):
-            pytest.fail(f"{NGINX} is missing: .ci/run installs Debian's nginx-light package")
-        pytest.skip(f"{NGINX} is not installed (apt-get install -y nginx-light)")
+    _require_nginx()
     name = f"rlv3_proxy_{os.getpid()}"
     env = production_env(database_url=database_create(base_db, name),
                          redis_url=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
@@ -55,11 +54,12 @@ def stack(tmp_path_factory):
         web_port, proxy_port = free_port(), free_port()
         web = gunicorn(web_port, env=env, log_path=run_dir / "gunicorn.log").start()
         proxy = nginx(proxy_port, upstream_port=web_port, run_dir=run_dir).start()
+        workers = gunicorn_workers()["workers"]
         wait_port(web_port, proc=web.proc)
-        wait_workers_ready(web, gunicorn_workers()["workers"])
+        wait_workers_ready(web, workers)
         wait_port(proxy_port, proc=proxy.proc)
         # Every worker loads the policy before the test starts timing.
-        for _ in range(gunicorn_workers()["workers"] * 2):
+        for _ in range(workers * 2):
             _predict(proxy_port, token, timeout=60)
         yield {"web": web_port, "proxy": proxy_port, "token": token, "run_dir": run_dir}
     finally:
@@ -162,8 +162,7 @@ def test_the_proxy_logs_requests_without_their_tokens(stack):
 
 def test_no_service_behind_the_proxy_is_a_json_503(tmp_path):
     """gunicorn down or restarting: the client gets a JSON error with Retry-After, not nginx's page."""
-    if not os.access(NGINX, os.X_OK):
-        pytest.skip(f"{NGINX} is not installed (apt-get install -y nginx-light)")
+    _require_nginx()
     port = free_port()
     proxy = nginx(port, upstream_port=free_port(), run_dir=tmp_path).start()  # nothing listens upstream
     try:
