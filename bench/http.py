@@ -129,7 +129,7 @@ class CpuSplit:
         import psutil
 
         children = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk, once it has exited
-        used = {"postgres": 0, "workers": 0, "wrk": round((children.ru_utime + children.ru_stime) * self._tick)}
+        used = {"postgres": 0, "redis": 0, "workers": 0, "wrk": round((children.ru_utime + children.ru_stime) * self._tick)}
         workers = {c.pid for c in psutil.Process(self.master_pid).children()}
         proxy = set()
         if self.proxy_pid is not None:
@@ -140,7 +140,8 @@ class CpuSplit:
                 cmdline = proc.info["cmdline"] or []
                 group = ("workers" if proc.info["pid"] in workers else
                          "proxy" if proc.info["pid"] in proxy else
-                         "postgres" if cmdline[:1] and cmdline[0].startswith("postgres") else None)
+                         "postgres" if cmdline[:1] and cmdline[0].startswith("postgres") else
+                         "redis" if cmdline[:1] and cmdline[0].startswith("redis-server") else None)
                 if group:
                     times = proc.cpu_times()
                     used[group] += round((times.user + times.system) * self._tick)
@@ -238,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         wrk_run(url=base + "predict", token=token, seconds=2, connections=args.connections, threads=1, method="POST", body=single, script=script)
         sampler = RssSampler(web.pid)
         sampler.start()
+        split = CpuSplit(web.pid, proxy.pid if proxy else None).start()
         results["predict"] = wrk_run(url=base + "predict", token=token, seconds=args.seconds, connections=args.connections,
                                      threads=1, method="POST", body=single, script=script)
+        predict_cores = split.stop()
         # One batch in flight per request slot (workers x threads) the server has.
         split = CpuSplit(web.pid, proxy.pid if proxy else None).start()
         results["batch"] = wrk_run(url=base + "predict", token=token, seconds=args.seconds, connections=args.workers * args.threads,
@@ -265,7 +268,11 @@ def main(argv: list[str] | None = None) -> int:
         "batch_obs_per_s": round(batch_obs),
         # Where the batch phase's CPU went: cores busy, and microseconds per observation.
         "batch_cpu_cores": batch_cores,
-        "batch_cpu_us_per_obs": {k: round(batch_cores[k] * 1e6 / batch_obs, 2) for k in ("postgres", "workers", "proxy") if k in batch_cores},
+        "batch_cpu_us_per_obs": {k: round(batch_cores[k] * 1e6 / batch_obs, 2) for k in ("postgres", "redis", "workers", "proxy") if k in batch_cores},
+        # The same for the single-prediction phase, in microseconds per request.
+        "predict_cpu_cores": predict_cores,
+        "predict_cpu_us_per_request": {k: round(predict_cores[k] * 1e6 / results["predict"]["rps"])
+                                       for k in ("postgres", "redis", "workers", "proxy") if k in predict_cores},
         "status_rps": round(results["status"]["rps"], 1),
         "status_p99_ms": round(results["status"]["p99_ms"], 2),
         "errors": errors,
@@ -282,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     through = ", through nginx" if args.proxy else ""
     print_table(f"HTTP load{through}: gunicorn {args.workers}x{args.threads} {worker_class}, PostgreSQL, Redis, {args.seconds:g}s per phase",
                 rows, headers=("phase", "requests/s", "p50 ms", "p99 ms", "errors"))
+    print(f"predict phase CPU, cores: {predict_cores}; per request, us: {summary['predict_cpu_us_per_request']}")
     print(f"batch phase CPU, cores: {batch_cores}; per observation, us: {summary['batch_cpu_us_per_obs']}")
     print()
     print_table("against the targets", [
