@@ -7,6 +7,7 @@ development secret key is refused, so a production deploy cannot run with it by 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -58,6 +59,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "django_celery_beat",
     "django_prometheus",
+    "axes",
     "decisions",
     "training",
 ]
@@ -76,6 +78,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
+    "axes.middleware.AxesMiddleware",  # answers a locked-out login (rlv3site.logins); last, as django-axes asks
 ]
 
 ROOT_URLCONF = "rlv3site.urls"
@@ -218,6 +221,18 @@ RLV3_TOKEN_CACHE_SECONDS = env_float("RLV3_TOKEN_CACHE_SECONDS", 5.0)
 RLV3_MAX_BATCH = 1024
 # Throttle slots a process reserves per Redis call (decisions.api.throttling; at most 1 % of a limit).
 RLV3_THROTTLE_LEASE = env_int("RLV3_THROTTLE_LEASE", 100)
+# Failed logins (rlv3site.logins, django-axes): a (username, client address) pair is locked out
+# of the admin login after this many failures, until this long after the last one.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("RLV3_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("RLV3_LOGIN_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "rlv3site.logins.client_ip"
+AXES_LOCKOUT_CALLABLE = "rlv3site.logins.lockout_response"
+# Proxies in front of the service that append to X-Forwarded-For (docker-compose: nginx, 1); with
+# none, the client's address is the connection's.
+RLV3_TRUSTED_PROXIES = env_int("RLV3_TRUSTED_PROXIES", 0)
 # Promotion gate: a challenger must beat the champion's validation Sharpe by this margin
 # and stay within the drawdown limit.
 RLV3_GATE_MIN_SHARPE_GAIN = env_float("RLV3_GATE_MIN_SHARPE_GAIN", 0.0)
