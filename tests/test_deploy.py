@@ -147,3 +147,74 @@ def test_docker_compose_puts_the_proxy_in_front_of_the_web_service():
     conf = (BASE_DIR / "nginx.conf").read_text()
     assert "server web:8000;" in conf and "listen 8080;" in conf
     assert services["web"]["command"][-2:] == ["--bind", "0.0.0.0:8000"]
+
+
+ENTRYPOINT = BASE_DIR / "docker-entrypoint.sh"
+
+
+def test_the_image_runs_its_processes_through_the_entrypoint_as_a_service_user():
+    dockerfile = (BASE_DIR / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["/app/docker-entrypoint.sh"]' in dockerfile
+    assert "useradd --system" in dockerfile and " rlv3" in dockerfile
+    assert os.access(ENTRYPOINT, os.X_OK)
+    # Every service of docker-compose starts the image's command through it (none overrides it).
+    import yaml
+
+    services = yaml.safe_load((BASE_DIR / "docker-compose.yml").read_text())["services"]
+    app = [name for name, service in services.items() if service.get("image") == "rlv3:latest"]
+    assert set(app) == {"migrate", "web", "worker", "beat", "subscriber"}
+    assert not any("entrypoint" in services[name] or "user" in services[name] for name in app)
+
+
+@pytest.fixture
+def open_tmp():
+    """A temporary folder another user can reach (pytest's own sit below a folder only root may enter)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="rlv3-entrypoint-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _unprivileged() -> tuple[str, int, int]:
+    import pwd
+
+    entry = pwd.getpwnam("nobody")
+    return entry.pw_name, entry.pw_uid, entry.pw_gid
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the entrypoint's hand-over runs as root, as in the container")
+def test_started_as_root_the_entrypoint_hands_over_the_volumes_and_drops_to_the_user(open_tmp):
+    """What an upgrade from the image that ran as root meets: root's files in the volumes."""
+    name, uid, gid = _unprivileged()
+    data, metrics = open_tmp / "data", open_tmp / "metrics"
+    (data / "rl_v3" / "v1").mkdir(parents=True)
+    (data / "rl_v3" / "v1" / "model.pt").write_bytes(b"weights")
+    metrics.mkdir()
+    (metrics / "counter_1.db").write_bytes(b"")
+    env = {**os.environ, "RLV3_RUN_AS": name, "RLV3_WRITABLE_DIRS": f"{data} {metrics} {open_tmp / 'fresh'}"}
+    out = subprocess.run(
+        [str(ENTRYPOINT), "sh", "-c", f'id -u; id -g; touch "{data}/rl_v3/v2.pt" "{open_tmp}/fresh/ok"'],
+        env=env, capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(uid), str(gid)]  # the command ran as the user, not root
+    for path in [*data.rglob("*"), data, metrics, *metrics.iterdir(), open_tmp / "fresh"]:
+        assert (path.stat().st_uid, path.stat().st_gid) == (uid, gid), path
+    assert (data / "rl_v3" / "v2.pt").exists() and (open_tmp / "fresh" / "ok").exists()
+    assert (data / "rl_v3" / "v1" / "model.pt").read_bytes() == b"weights"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="starts the entrypoint as another user, which needs root")
+def test_started_as_another_user_the_entrypoint_runs_the_command_as_it_is(open_tmp):
+    name, uid, gid = _unprivileged()
+    env = {**os.environ, "RLV3_RUN_AS": "root", "RLV3_WRITABLE_DIRS": str(open_tmp)}
+    out = subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", str(ENTRYPOINT), "id", "-u"],
+        env=env, capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(uid)
+    assert open_tmp.stat().st_uid == 0  # nothing handed over
