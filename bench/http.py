@@ -1,6 +1,6 @@
 """HTTP load on the real stack: gunicorn with the production settings, PostgreSQL, Redis.
 
-Starts gunicorn with gunicorn.conf.py (sync workers, one more than the cores) and Django's
+Starts gunicorn with gunicorn.conf.py (sync workers, two more than the cores) and Django's
 production settings (DEBUG off, a generated secret, no SSL redirect, ALLOWED_HOSTS 127.0.0.1) on a
 free local port against a freshly created PostgreSQL database ``rlv3_bench`` and the local Redis,
 then drives it from a separate load process, wrk (``apt-get install -y wrk``) with a Lua script
@@ -184,7 +184,7 @@ def wrk_run(*, url: str, token: str, seconds: float, connections: int, threads: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="Duration of each load phase.")
-    parser.add_argument("--workers", type=int, default=None, help="gunicorn workers (default: gunicorn.conf.py's, one more than the cores).")
+    parser.add_argument("--workers", type=int, default=None, help="gunicorn workers (default: gunicorn.conf.py's, two more than the cores).")
     parser.add_argument("--threads", type=int, default=1, help="Threads per worker.")
     parser.add_argument("--worker-class", choices=("sync", "gthread"), default=None,
                         help="gunicorn worker class (default: gunicorn.conf.py's, sync, with one thread; else gthread, which keeps connections alive).")

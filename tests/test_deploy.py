@@ -128,7 +128,7 @@ def test_every_way_of_starting_the_web_service_uses_the_gunicorn_settings(monkey
 
     monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
     settings = runpy.run_path(str(BASE_DIR / "gunicorn.conf.py"))
-    assert settings["worker_class"] == "sync" and settings["workers"] == len(os.sched_getaffinity(0)) + 1
+    assert settings["worker_class"] == "sync" and settings["workers"] == len(os.sched_getaffinity(0)) + 2
     monkeypatch.setenv("WEB_CONCURRENCY", "5")
     assert runpy.run_path(str(BASE_DIR / "gunicorn.conf.py"))["workers"] == 5
 
