@@ -218,3 +218,14 @@ def test_started_as_another_user_the_entrypoint_runs_the_command_as_it_is(open_t
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(uid)
     assert open_tmp.stat().st_uid == 0  # nothing handed over
+
+
+def test_the_image_build_leaves_out_secrets_local_state_and_the_virtualenv():
+    """`COPY . .` copies the build context: without these lines a build from a working copy would
+    put its .env (DJANGO_SECRET_KEY), its SQLite database and models, and its .venv in the image."""
+    ignored = {line.strip() for line in (BASE_DIR / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {".env", ".env.*", ".git", ".venv", "data", "staticfiles"} <= ignored
+    assert not any(line.startswith("!") for line in ignored)  # nothing taken back in
+    dockerfile = (BASE_DIR / "Dockerfile").read_text()
+    assert "COPY . ." in dockerfile and "collectstatic" in dockerfile  # staticfiles are built in the image
