@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, InterfaceError
 
 from training.rl.inference import PolicyRuntime
 
@@ -106,13 +106,21 @@ class PolicyServer:
                 errors.append(f"v{wanted} refused: {state.refused[str(wanted)]}")
         return "; ".join(errors)
 
+    def _due(self) -> bool:
+        """Whether the aliases should be read now: every RLV3_MODEL_POLL_SECONDS, and on every call
+        while the last read failed and no policy was ever loaded (a process that started during a
+        database outage). That process would otherwise serve the untrained network for up to a poll
+        interval after the database came back."""
+        state = self._state
+        return (state.champion is None and bool(state.registry_error)) or time.monotonic() - state.checked_at >= self._poll
+
     def _maybe_refresh(self) -> None:
-        if time.monotonic() - self._state.checked_at < self._poll:
+        if not self._due():
             return
         if not self._lock.acquire(blocking=self._state.champion is None):
             return  # another thread is refreshing; keep serving the current policy
         try:
-            if time.monotonic() - self._state.checked_at >= self._poll:
+            if self._due():
                 self._refresh_locked()
         finally:
             self._lock.release()
@@ -149,7 +157,7 @@ class PolicyServer:
                 if challenger_number is not None else None
             )
             self._state.champion, self._state.challenger, self._state.aliases = champion, challenger, aliases
-        except DatabaseError as exc:
+        except (DatabaseError, InterfaceError) as exc:  # InterfaceError: a connection the outage closed
             self._state.registry_error = f"registry unavailable: {exc}"
             log.warning("policy refresh failed: %s", exc)
 

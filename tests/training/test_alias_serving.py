@@ -75,3 +75,53 @@ def test_status_names_the_refused_champion_and_recovers_after_a_registry_outage(
     status = api.get(API + "status").json()
     assert status["load_error"].startswith(refusal) and "registry" not in status["load_error"], status["load_error"]
     assert status["served_version"] == str(first.version)
+
+
+@pytest.mark.parametrize("error", ["OperationalError", "InterfaceError"])
+@pytest.mark.django_db
+def test_a_process_that_starts_during_an_outage_serves_the_champion_once_the_registry_answers(tmp_path, settings, monkeypatch, error):
+    """A worker started while the database was unreachable has no policy but the untrained network.
+    It must not keep serving that for a poll interval after the database is back (the chaos run
+    caught one doing so), and a closed connection (InterfaceError, not a DatabaseError) counts as
+    the outage it is instead of escaping from status."""
+    import django.db
+
+    import training.selectors
+    from decisions.serving import UNTRAINED, policy_server, policy_server_reset
+
+    settings.RLV3_MODEL_POLL_SECONDS = 600.0  # far longer than the test: only the retry can load it
+    first = policy_version(tmp_path, seed=1, sharpe=0.1)
+    model_version_gate(version=first)
+    policy_server_reset()  # a fresh worker
+
+    registry = training.selectors.alias_versions
+
+    def closed(*_args, **_kwargs):
+        raise getattr(django.db, error)("connection already closed")
+
+    monkeypatch.setattr(training.selectors, "alias_versions", closed)
+    during = policy_server().describe()
+    assert during["served_version"] == UNTRAINED and not during["model_loaded"]
+    assert during["load_error"].startswith("registry unavailable: connection already closed"), during["load_error"]
+    assert policy_server().describe()["served_version"] == UNTRAINED  # still out: tried again, still failing
+
+    monkeypatch.setattr(training.selectors, "alias_versions", registry)
+    assert policy_server().champion().version == str(first.version)  # the next call, not after 600 s
+    assert policy_server().describe()["load_error"] == ""
+
+
+@pytest.mark.django_db
+def test_a_process_with_no_champion_and_no_outage_reads_the_aliases_once_per_poll(tmp_path, settings, monkeypatch):
+    """The retry above is only for a failed read: with no champion registered at all, a prediction
+    costs no alias query until the poll interval has passed."""
+    import training.selectors
+    from decisions.serving import UNTRAINED, policy_server, policy_server_reset
+
+    settings.RLV3_MODEL_POLL_SECONDS = 600.0
+    policy_server_reset()
+    calls = []
+    registry = training.selectors.alias_versions
+    monkeypatch.setattr(training.selectors, "alias_versions", lambda: calls.append(1) or registry())
+    for _ in range(5):
+        assert policy_server().champion().version == UNTRAINED
+    assert len(calls) == 1
