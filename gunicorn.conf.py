@@ -11,10 +11,12 @@ and 0.07-0.08. Four against three, alternating, four pairs of runs: single predi
 more than four (three pairs, either way by run). Each worker holds about 120 MB. Threads in one
 worker share its interpreter: gthread 2 x 4 had batch p99 of 178-251 ms and single-prediction p99
 up to 75 ms, against 62-68 ms and 13 ms for 3 sync workers; gthread 3 x 1 and 3 x 2, which keep
-connections alive, used 1,005-1,022 us of worker CPU per single prediction against 923-959 us. A sync worker serves one request at a time, reads it with no deadline
-and closes the connection after it: a stalled client holds a worker until ``timeout`` kills it, so
-clients reach the workers through nginx (nginx.conf; docker-compose's ``proxy`` service), which
-reads every request and response whole.
+connections alive, used 1,005-1,022 us of worker CPU per single prediction against 923-959 us.
+
+A sync worker serves one request at a time, reads it with no deadline and closes the connection
+after it: a stalled client holds a worker until ``timeout`` kills it, so clients reach the workers
+through nginx (nginx.conf; docker-compose's ``proxy`` service), which reads every request and
+response whole.
 
 ``WEB_CONCURRENCY`` (gunicorn's own variable) sets the number of workers.
 """

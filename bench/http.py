@@ -52,6 +52,8 @@ from bench._services import (  # noqa: E402
 )
 
 API = "/api/v1/rl/v3/"
+# The CpuSplit groups that serve the load (not wrk, not idle): their CPU per observation or request.
+SERVICE_GROUPS = ("postgres", "redis", "workers", "proxy")
 TARGETS = {"predict_rps": 1500, "predict_p99_ms": 20, "batch_obs_per_s": 100_000, "worker_peak_rss_mb": 150}
 
 # wrk's Lua side: method, body and headers from the environment; `done` prints one JSON line.
@@ -268,11 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         "batch_obs_per_s": round(batch_obs),
         # Where the batch phase's CPU went: cores busy, and microseconds per observation.
         "batch_cpu_cores": batch_cores,
-        "batch_cpu_us_per_obs": {k: round(batch_cores[k] * 1e6 / batch_obs, 2) for k in ("postgres", "redis", "workers", "proxy") if k in batch_cores},
+        "batch_cpu_us_per_obs": {k: round(batch_cores[k] * 1e6 / batch_obs, 2) for k in SERVICE_GROUPS if k in batch_cores},
         # The same for the single-prediction phase, in microseconds per request.
         "predict_cpu_cores": predict_cores,
         "predict_cpu_us_per_request": {k: round(predict_cores[k] * 1e6 / results["predict"]["rps"])
-                                       for k in ("postgres", "redis", "workers", "proxy") if k in predict_cores},
+                                       for k in SERVICE_GROUPS if k in predict_cores},
         "status_rps": round(results["status"]["rps"], 1),
         "status_p99_ms": round(results["status"]["p99_ms"], 2),
         "errors": errors,
