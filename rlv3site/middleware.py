@@ -39,10 +39,10 @@ class RequestIdMiddleware:
         return response
 
 
-def _clear_request_context(**_kwargs) -> None:
+def clear_request_context(**_kwargs) -> None:
     structlog.contextvars.clear_contextvars()
 
 
 # Cleared when the response is closed, not when the middleware returns: Django logs a 4xx/5xx
 # response ("Unauthorized: /path") after the middleware chain, and that line needs the id too.
-request_finished.connect(_clear_request_context, dispatch_uid="rlv3-clear-request-context")
+request_finished.connect(clear_request_context, dispatch_uid="rlv3-clear-request-context")

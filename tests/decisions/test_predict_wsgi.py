@@ -199,3 +199,59 @@ def test_an_unexpected_error_is_answered_and_logged_as_django_does(apps, token, 
     (record,) = [r for r in caplog.records if r.name == "django.request"]
     assert record.getMessage() == f"Internal Server Error: {PATH}" and record.exc_info[0] is RuntimeError
     assert Decision.objects.count() == 0
+
+
+def test_a_fast_call_runs_the_request_signals_receivers(apps, token):
+    """A receiver of request_started and request_finished is called once each, as the signals call
+    it; disconnected, it is not called again."""
+    from decisions.api.fastpath import PredictWSGI
+
+    app, _ = apps
+    seen = []
+
+    def on_started(signal, sender, environ, **kwargs):
+        seen.append(("started", sender, environ["HTTP_X_REQUEST_ID"]))
+
+    def on_finished(signal, sender, **kwargs):
+        seen.append(("finished", sender, kwargs))
+
+    signals.request_started.connect(on_started)
+    signals.request_finished.connect(on_finished)
+    try:
+        assert call(app, environ(token=token, HTTP_X_REQUEST_ID="req-signals"))[0] == 200
+    finally:
+        signals.request_started.disconnect(on_started)
+        signals.request_finished.disconnect(on_finished)
+    assert seen == [("started", PredictWSGI, "req-signals"), ("finished", PredictWSGI, {})]
+    assert call(app, environ(token=token))[0] == 200
+    assert len(seen) == 2
+
+
+def test_the_request_id_is_not_left_in_the_logging_context(apps, token):
+    import structlog
+
+    app, _ = apps
+    assert call(app, environ(token=token, HTTP_X_REQUEST_ID="req-ctx"))[0] == 200
+    assert "request_id" not in structlog.contextvars.get_contextvars()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_obsolete_connection_is_replaced_as_django_replaces_it(apps, token):
+    """CONN_MAX_AGE: a connection past its age is closed when the next call starts, and the call
+    is served on a new one (close_old_connections, connected again for this test)."""
+    import time
+
+    from django.db import connection
+
+    signals.request_started.connect(close_old_connections)
+    signals.request_finished.connect(close_old_connections)
+    app, reached = apps
+    assert call(app, environ(token=token))[0] == 200
+    connection.ensure_connection()
+    first = connection.connection.info.backend_pid if connection.vendor == "postgresql" else id(connection.connection)
+    connection.close_at = time.monotonic() - 1
+    assert call(app, environ(token=token))[0] == 200 and reached == []
+    connection.ensure_connection()
+    second = connection.connection.info.backend_pid if connection.vendor == "postgresql" else id(connection.connection)
+    assert second != first
+    assert Decision.objects.count() == 2
