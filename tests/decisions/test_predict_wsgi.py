@@ -255,3 +255,15 @@ def test_an_obsolete_connection_is_replaced_as_django_replaces_it(apps, token):
     second = connection.connection.info.backend_pid if connection.vendor == "postgresql" else id(connection.connection)
     assert second != first
     assert Decision.objects.count() == 2
+
+
+def test_the_host_check_follows_the_settings(apps, token, settings):
+    """The remembered scheme and host answers are per settings: a host accepted a moment ago is
+    refused (by Django, 400) once ALLOWED_HOSTS no longer names it, and accepted again after."""
+    app, reached = apps
+    assert call(app, environ(token=token))[0] == 200 and reached == []
+    settings.ALLOWED_HOSTS = ["api.example"]
+    assert call(app, environ(token=token))[0] == 400 and len(reached) == 1
+    assert call(app, environ(token=token, host="api.example"))[0] == 200 and len(reached) == 1
+    settings.ALLOWED_HOSTS = ["testserver"]
+    assert call(app, environ(token=token))[0] == 200 and len(reached) == 1
