@@ -2,14 +2,14 @@ from django.contrib import admin
 
 from training.rl.actions import ACTION_NAMES
 
-from .admin_utils import HistoryAdmin, ModelVersionFilter, pretty_json
+from .admin_utils import ActionFilter, HistoryAdmin, ModelVersionFilter, pretty_json
 from .models import Decision, Experience, MarketBar, ShadowModeChange, ShadowModeState
 
 
 @admin.register(Decision)
 class DecisionAdmin(HistoryAdmin):
     list_display = ("created_at", "symbol", "action_name", "confidence_pct", "value", "model_version", "role", "shadow_mode", "source")
-    list_filter = ("action", "shadow_mode", "source", "role", ModelVersionFilter)
+    list_filter = (ActionFilter, "shadow_mode", "source", "role", ModelVersionFilter)
     exact_search_fields = ("symbol", "correlation_id", "stream_entry_id")
     uuid_search_fields = ("decision_id",)
     date_hierarchy = "created_at"
@@ -36,7 +36,7 @@ class DecisionAdmin(HistoryAdmin):
 @admin.register(Experience)
 class ExperienceAdmin(HistoryAdmin):
     list_display = ("closed_at", "symbol", "action_name", "pnl", "roi", "reward", "model_version", "position_id")
-    list_filter = ("action", ModelVersionFilter)
+    list_filter = (ActionFilter, ModelVersionFilter)
     exact_search_fields = ("symbol", "position_id", "correlation_id")
     date_hierarchy = "closed_at"
     readonly_fields = ("observation_pretty", "behaviour_pretty")

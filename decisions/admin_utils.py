@@ -13,6 +13,9 @@ from django.db.models import Q
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
+from decisions.selectors import newest_first_filter
+from training.rl.actions import ACTION_NAMES
+
 # Filtered lists count at most this many rows; beyond it the admin shows "10001" (i.e. "more").
 COUNT_CAP = 10_000
 
@@ -52,7 +55,26 @@ class ModelVersionFilter(admin.SimpleListFilter):
         return [(str(v), f"v{v}") for v in versions] + [("untrained", "untrained")]
 
     def queryset(self, request, queryset):
-        return queryset.filter(model_version=self.value()) if self.value() else queryset
+        return newest_first_filter(queryset, model_version=self.value()) if self.value() else queryset
+
+
+class ActionFilter(admin.SimpleListFilter):
+    """The action, by name, with the parameter of Django's own filter on the field
+    (``action__exact``); a code that is no action shows no rows."""
+
+    title = "action"
+    parameter_name = "action__exact"
+
+    def lookups(self, request, model_admin):
+        return [(str(code), name) for code, name in enumerate(ACTION_NAMES)]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        if not value.isdigit() or int(value) >= len(self.lookup_choices):
+            return queryset.none()
+        return newest_first_filter(queryset, action=int(value))
 
 
 class HistoryAdmin(admin.ModelAdmin):

@@ -8,7 +8,7 @@ import time
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import QuerySet, Subquery
 
 from .models import Decision, Experience
 
@@ -24,6 +24,39 @@ def decision_list() -> QuerySet[Decision]:
 
 def experience_list() -> QuerySet[Experience]:
     return Experience.objects.select_related("decision")
+
+
+def newest_first_filter(queryset: QuerySet, **equal) -> QuerySet:
+    """``queryset.filter(**equal)`` for a list shown newest first (the model's first ordering
+    field, a time), bounded above in time by the newest row of each value: the same rows.
+
+    PostgreSQL's planner takes a value's rows to be spread evenly in time. For a value whose rows
+    all lie far back (the oldest model version) it read the time index backwards from the newest
+    row and filtered: 552-684 ms through 1.6 million newer decisions for a first page, and it
+    found the value's newest row the same way when asked for it plainly. So that row is found by
+    an order only the value's (column, time) index gives, where it comes first: on an index of
+    (column, time), the first row at or below the value by column and time descending; on
+    (column, time descending), the first at or above it by column ascending and time descending.
+    If that row has another value, the value has no rows and the bound is NULL (no rows either).
+    Fourteen filters of two million decisions, first pages through the ORM: 1.0-2.0 ms each, where
+    the plain filters took 0.4-1.1 ms but 552 and 684 ms for the two on the oldest version. A
+    column without such an index is filtered plainly.
+    """
+    model = queryset.model
+    time_field = model._meta.ordering[0].lstrip("-")
+    manager = model._default_manager
+    for field, value in equal.items():
+        queryset = queryset.filter(**{field: value})
+        index = next((ix.fields for ix in model._meta.indexes if [f.lstrip("-") for f in ix.fields] == [field, time_field]), None)
+        if index is None:
+            continue
+        if index[1].startswith("-"):  # (column, time descending): the value's newest row is its first
+            first = manager.filter(**{f"{field}__gte": value}).order_by(field, f"-{time_field}")
+        else:  # (column, time): read backwards, the value's newest row is the first at or below it
+            first = manager.filter(**{f"{field}__lte": value}).order_by(f"-{field}", f"-{time_field}")
+        newest = manager.filter(pk__in=first.values("pk")[:1], **{field: value}).order_by().values(time_field)
+        queryset = queryset.filter(**{f"{time_field}__lte": Subquery(newest)})
+    return queryset
 
 
 # Below this many rows `table_count` counts exactly; above it PostgreSQL's statistics answer.

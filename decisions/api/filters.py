@@ -3,10 +3,12 @@ from datetime import UTC, datetime
 import django_filters
 from django import forms
 from django_filters import rest_framework as filters
+from django_filters.constants import EMPTY_VALUES
 from django_filters.fields import IsoDateTimeField
 from drf_spectacular.utils import extend_schema_field
 
 from decisions.models import Decision, Experience
+from decisions.selectors import newest_first_filter
 from training.rl.actions import ACTION_NAMES, N_ACTIONS, Action
 
 
@@ -33,7 +35,7 @@ class ActionFilter(django_filters.CharFilter):
             from rest_framework.exceptions import ValidationError
 
             raise ValidationError({"action": [str(exc)]}) from None
-        return qs.filter(**{self.field_name: code})
+        return newest_first_filter(qs, **{self.field_name: code})
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -108,11 +110,17 @@ class ChoiceFilter(filters.ChoiceFilter):
 @extend_schema_field({"type": "string", "maxLength": 32, "pattern": "^[^\\x00]*$",
                       "description": "Exact match; at most 32 characters, no NUL."})
 class TextFilter(filters.CharFilter):
-    """An exact text match of up to 32 characters (empty means no filter)."""
+    """An exact text match of up to 32 characters (empty means no filter), on a list shown newest
+    first (`newest_first_filter`)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("max_length", 32)
         super().__init__(*args, **kwargs)
+
+    def filter(self, qs, value):
+        if value in EMPTY_VALUES:
+            return qs
+        return newest_first_filter(qs, **{self.field_name: value})
 
 
 class DecisionFilter(filters.FilterSet):
