@@ -202,9 +202,10 @@ def test_an_unexpected_error_is_answered_and_logged_as_django_does(apps, token, 
 
 
 def test_a_fast_call_runs_the_request_signals_receivers(apps, token):
-    """A receiver of request_started and request_finished is called once each, as the signals call
-    it; disconnected, it is not called again."""
-    from decisions.api.fastpath import PredictWSGI
+    """With a receiver of its own connected to request_started and request_finished, the fast path
+    sends the signals (each receiver called once, as the signals call it); without, it does Django's
+    receivers' work directly and sends nothing."""
+    from decisions.api.fastpath import PredictWSGI, _upkeep
 
     app, _ = apps
     seen = []
@@ -219,12 +220,13 @@ def test_a_fast_call_runs_the_request_signals_receivers(apps, token):
     signals.request_finished.connect(on_finished)
     try:
         assert call(app, environ(token=token, HTTP_X_REQUEST_ID="req-signals"))[0] == 200
+        assert _upkeep()._current() is None  # sent
     finally:
         signals.request_started.disconnect(on_started)
         signals.request_finished.disconnect(on_finished)
     assert seen == [("started", PredictWSGI, "req-signals"), ("finished", PredictWSGI, {})]
     assert call(app, environ(token=token))[0] == 200
-    assert len(seen) == 2
+    assert len(seen) == 2 and _upkeep()._current() is not None  # done directly
 
 
 def test_the_request_id_is_not_left_in_the_logging_context(apps, token):
