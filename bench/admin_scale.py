@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import machine, record  # noqa: E402
+from bench._services import django_on_database  # noqa: E402
 
 
 def main() -> int:
@@ -35,20 +35,9 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{args.database}"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rlv3site.settings")
-    import psycopg
-
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [args.database]).fetchone():
-            conn.execute(f'CREATE DATABASE "{args.database}"')
-
-    import django
-
-    django.setup()
+    django_on_database(args.database)
     from django.contrib.admin.views.main import ChangeList  # noqa: F401  (ensures admin loaded)
     from django.contrib.auth import get_user_model
-    from django.core.management import call_command
     from django.core.paginator import Paginator
     from django.db import connection
     from django.test import Client
@@ -58,7 +47,6 @@ def main() -> int:
     from decisions.models import Experience
     from training.rl.features import observation_values
 
-    call_command("migrate", verbosity=0)
     have = Experience.objects.count()
     if have < args.rows:
         print(f"filling {args.rows - have} decisions and experiences ...", flush=True)

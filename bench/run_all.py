@@ -34,6 +34,7 @@ BENCHMARKS = [
     ("streams", "streams.py", ["--consumers", "2"], ["signals_per_s", "lag_p50_ms", "lag_p99_ms", "peak_rss_mb"]),
     ("http", "http.py", [], ["predict_rps", "predict_p50_ms", "predict_p99_ms", "errors", "batch_obs_per_s", "worker_peak_rss_mb"]),
     ("admin_scale", "admin_scale.py", ["--rows", "1000000", "--repeat", "3"], ["admin_worst_ms"]),
+    ("filters", "filters.py", ["--rows", "2000000"], ["plain_worst_ms", "bounded_worst_ms"]),
 ]
 
 
