@@ -243,3 +243,20 @@ def test_each_field_alone_at_each_bad_value_is_judged_as_one_by_one(name):
             continue
         assert isinstance(expected, list), (value, expected)
         _assert_same_bits(batch.values, F.observations_pack(expected).values)
+
+
+def test_fields_the_batch_leaves_alike_are_bit_identical():
+    """Columns of one value (a default every observation leaves, or a value all send) take one call
+    each in the vectorised path: still the scalar vectors, bit for bit, and a column of 0.0 and
+    -0.0 (equal, not the same bits) is not taken for one value."""
+    rng = np.random.default_rng(3)
+    clean = []
+    for i in range(64):
+        clean.append(F.validate_observation({
+            "symbol": "BTCUSDT", "rsi": float(rng.uniform(5, 95)), "volatility": 0.02, "time_of_day": 0.25,
+            "price_change_1m": 0.0 if i % 2 else -0.0, "price_change_5m": float(rng.uniform(-0.01, 0.01)),
+            "regime": "RANGE",
+        }))
+    assert_batch_is_the_scalar_vectors(clean)
+    matrix = F.values_to_matrix(F.observations_pack(clean).values)
+    assert np.signbit(matrix[:, 6]).tolist() == [i % 2 == 0 for i in range(64)]  # tanh(-0.0) is -0.0
