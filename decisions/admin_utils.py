@@ -14,7 +14,7 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 
 from decisions.selectors import newest_first_filter
-from training.rl.actions import ACTION_NAMES
+from training.rl.actions import ACTION_CHOICES
 
 # Filtered lists count at most this many rows; beyond it the admin shows "10001" (i.e. "more").
 COUNT_CAP = 10_000
@@ -66,13 +66,13 @@ class ActionFilter(admin.SimpleListFilter):
     parameter_name = "action__exact"
 
     def lookups(self, request, model_admin):
-        return [(str(code), name) for code, name in enumerate(ACTION_NAMES)]
+        return [(str(code), name) for code, name in ACTION_CHOICES]
 
     def queryset(self, request, queryset):
         value = self.value()
         if not value:
             return queryset
-        if not value.isdigit() or int(value) >= len(self.lookup_choices):
+        if value not in dict(self.lookup_choices):
             return queryset.none()
         return newest_first_filter(queryset, action=int(value))
 
