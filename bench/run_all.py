@@ -35,6 +35,7 @@ BENCHMARKS = [
     ("http", "http.py", [], ["predict_rps", "predict_p50_ms", "predict_p99_ms", "errors", "batch_obs_per_s", "worker_peak_rss_mb"]),
     ("admin_scale", "admin_scale.py", ["--rows", "1000000", "--repeat", "3"], ["admin_worst_ms"]),
     ("filters", "filters.py", ["--rows", "2000000"], ["plain_worst_ms", "bounded_worst_ms"]),
+    ("retention", "retention.py", ["--rows", "200000"], ["longest_transaction_s", "plain_longest_transaction_s", "peak_rss_mb"]),
 ]
 
 

@@ -5,15 +5,20 @@ before the cutoff too: a decision and the experience that realises it are archiv
 together (Experience.decision is PROTECT, so an experience is never orphaned and a decision with a
 fresh outcome stays until that outcome is old as well).
 
-Two phases, so nothing is deleted that is not safely on disk:
+A run works in rounds of at most ``round_rows`` decisions, in key order, each in two phases, so
+nothing is deleted that is not safely on disk and memory stays bounded however much is due:
 
-1. :func:`retention_archive` streams the due rows, in key order, into ``decisions-*.csv`` and
-   ``experiences-*.csv`` (written under a temporary name, fsynced, renamed), each with a
-   ``*.csv.sha256`` file in ``sha256sum`` format, and re-reads each file to verify its checksum.
+1. :func:`retention_archive` streams the round's due rows into ``decisions-<stamp>-<part>.csv``
+   and ``experiences-<stamp>-<part>.csv`` (written under a temporary name, fsynced, renamed), each
+   with a ``*.csv.sha256`` file in ``sha256sum`` format, and re-reads each file to verify its
+   checksum.
 2. :func:`retention_delete` deletes the archived rows in batches of ids, one short transaction per
    batch (no table lock, no long-running transaction), experiences first. A decision that gained
    an experience after it was archived is kept (it is archived again, with its outcome, by a later
    run once that outcome is old too).
+
+A run stopped part way leaves whole rounds archived and deleted, and at most one round archived
+but not (or not all) deleted; the next run archives what is left of it again, in new files.
 
 The live path never updates decisions or experiences in place, so an archived row is final.
 """
@@ -36,6 +41,7 @@ from django.db.models import Exists, OuterRef
 from .models import Decision, Experience
 
 CHUNK = 2_000  # rows read per query while archiving
+ROUND_ROWS = 100_000  # decisions archived and deleted per round (the ids a round holds in memory)
 
 
 @dataclass
@@ -47,23 +53,27 @@ class ArchivedFile:
 
 @dataclass
 class RetentionResult:
-    """What one run did (``ids`` are the archived primary keys, in order)."""
+    """What one round, or a whole run, did. A round's ``decision_ids`` and ``experience_ids`` are
+    the primary keys it archived, in order; a run keeps only the counts."""
 
     cutoff: str
     decision_ids: list[uuid.UUID] = field(default_factory=list)
     experience_ids: list[int] = field(default_factory=list)
     files: list[ArchivedFile] = field(default_factory=list)
+    decisions_archived: int = 0
+    experiences_archived: int = 0
     decisions_deleted: int = 0
     experiences_deleted: int = 0
     kept_paired_since: int = 0
+    rounds: int = 0
     dry_run: bool = False
 
     def summary(self) -> dict:
         return {
             "cutoff": self.cutoff, "dry_run": self.dry_run,
-            "decisions_archived": len(self.decision_ids), "experiences_archived": len(self.experience_ids),
+            "decisions_archived": self.decisions_archived, "experiences_archived": self.experiences_archived,
             "decisions_deleted": self.decisions_deleted, "experiences_deleted": self.experiences_deleted,
-            "kept_paired_since": self.kept_paired_since, "files": [vars(f) for f in self.files],
+            "kept_paired_since": self.kept_paired_since, "rounds": self.rounds, "files": [vars(f) for f in self.files],
         }
 
 
@@ -87,15 +97,16 @@ def _cell(value) -> str:
     return str(value)
 
 
-def _chunks(queryset, attnames: list[str]) -> Iterator[list[tuple]]:
-    """Rows of ``queryset`` in key order, CHUNK at a time, by keyset (never OFFSET)."""
+def _chunks(queryset, attnames: list[str], *, limit: int) -> Iterator[list[tuple]]:
+    """The first ``limit`` rows of ``queryset`` in key order, CHUNK at a time, by keyset (never OFFSET)."""
     last = None
-    while True:
+    while limit > 0:
         after = queryset if last is None else queryset.filter(pk__gt=last)
-        rows = list(after.order_by("pk").values_list(*attnames)[:CHUNK])
+        rows = list(after.order_by("pk").values_list(*attnames)[:min(CHUNK, limit)])
         if not rows:
             return
         yield rows
+        limit -= len(rows)
         last = rows[-1][0]
 
 
@@ -143,15 +154,19 @@ def verify_checksum(path: Path) -> bool:
     return sha256_of(path) == expected
 
 
-def retention_archive(*, cutoff: datetime, out_dir: Path, stamp: str) -> RetentionResult:
-    """Phase 1: write the due decisions and their experiences to verified CSV files."""
+def retention_archive(
+    *, cutoff: datetime, out_dir: Path, stamp: str, after: uuid.UUID | None = None, limit: int = ROUND_ROWS,
+) -> RetentionResult:
+    """Phase 1 of a round: write the first ``limit`` due decisions (by key, after ``after``) and
+    their experiences to verified CSV files named with ``stamp``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     result = RetentionResult(cutoff=cutoff.isoformat())
     # No transaction around the reads: each chunk is its own short query (no long snapshot held).
     # The experiences file holds exactly the experiences of the decisions written, so they agree.
     attnames = [a for _, a in _columns(Decision)]
+    due = due_decisions(cutoff) if after is None else due_decisions(cutoff).filter(pk__gt=after)
     decisions_file, decision_ids = _write_csv(
-        out_dir / f"decisions-{stamp}.csv", Decision, _chunks(due_decisions(cutoff), attnames)
+        out_dir / f"decisions-{stamp}.csv", Decision, _chunks(due, attnames, limit=limit)
     )
     experiences_file, experience_ids = _write_csv(
         out_dir / f"experiences-{stamp}.csv", Experience, _experience_chunks(decision_ids, [a for _, a in _columns(Experience)])
@@ -160,7 +175,9 @@ def retention_archive(*, cutoff: datetime, out_dir: Path, stamp: str) -> Retenti
         if not verify_checksum(Path(archived.path)):
             raise RuntimeError(f"archive {archived.path} does not match its checksum: nothing deleted")
     result.decision_ids, result.experience_ids = decision_ids, experience_ids
+    result.decisions_archived, result.experiences_archived = len(decision_ids), len(experience_ids)
     result.files = [decisions_file, experiences_file]
+    result.rounds = 1
     return result
 
 
@@ -182,14 +199,27 @@ def retention_delete(*, result: RetentionResult, batch: int) -> RetentionResult:
     return result
 
 
-def retention_run(*, cutoff: datetime, out_dir: Path, stamp: str, batch: int = 1_000, dry_run: bool = False) -> RetentionResult:
-    """Archive then (unless ``dry_run``) delete everything due before ``cutoff``."""
+def retention_run(
+    *, cutoff: datetime, out_dir: Path, stamp: str, batch: int = 1_000, dry_run: bool = False, round_rows: int = ROUND_ROWS,
+) -> RetentionResult:
+    """Archive then (unless ``dry_run``) delete everything due before ``cutoff``, in rounds of at
+    most ``round_rows`` decisions (files ``*-<stamp>-0001.csv``, ``-0002``, ...)."""
+    run = RetentionResult(cutoff=cutoff.isoformat(), dry_run=dry_run)
     if dry_run:
         due = due_decisions(cutoff)
-        result = RetentionResult(cutoff=cutoff.isoformat(), dry_run=True)
-        result.decision_ids = list(due.order_by("pk").values_list("pk", flat=True))
-        result.experience_ids = list(
-            Experience.objects.filter(decision_id__in=result.decision_ids).order_by("pk").values_list("pk", flat=True)
+        run.decisions_archived = due.count()
+        run.experiences_archived = Experience.objects.filter(decision__in=due).count()
+        return run
+    after = None
+    while True:
+        part = retention_delete(
+            result=retention_archive(cutoff=cutoff, out_dir=out_dir, stamp=f"{stamp}-{run.rounds + 1:04d}", after=after, limit=round_rows),
+            batch=batch,
         )
-        return result
-    return retention_delete(result=retention_archive(cutoff=cutoff, out_dir=out_dir, stamp=stamp), batch=batch)
+        run.rounds += 1
+        run.files += part.files
+        for name in ("decisions_archived", "experiences_archived", "decisions_deleted", "experiences_deleted", "kept_paired_since"):
+            setattr(run, name, getattr(run, name) + getattr(part, name))
+        after = part.decision_ids[-1] if part.decision_ids else None
+        if part.decisions_archived < round_rows or not due_decisions(cutoff).filter(pk__gt=after).exists():
+            return run

@@ -131,3 +131,56 @@ def test_invalid_options_are_refused(tmp_path):
         call_command("rlv3_retention", "--days", "0", "--out", str(tmp_path))
     with pytest.raises(CommandError):
         call_command("rlv3_retention", "--batch", "0", "--out", str(tmp_path))
+
+
+def test_a_run_works_in_rounds_each_archived_and_verified_before_its_deletes(tmp_path):
+    due = [_decision(40 + i) for i in range(8)]
+    paired = {d.pk: _experience(d, 35, pnl=float(i)) for i, d in enumerate(due[::3])}
+    recent = _decision(3)
+
+    summary = _run(tmp_path, "--round", "3", "--batch", "2")
+
+    assert summary["rounds"] == 3
+    assert (summary["decisions_archived"], summary["experiences_archived"]) == (8, 3)
+    assert (summary["decisions_deleted"], summary["experiences_deleted"]) == (8, 3)
+    decision_files, experience_files = summary["files"][0::2], summary["files"][1::2]
+    assert [Path(f["path"]).name.rsplit("-", 1)[1] for f in decision_files] == ["0001.csv", "0002.csv", "0003.csv"]
+    rounds = [[r["decision_id"] for r in _rows(f["path"])] for f in decision_files]
+    assert [len(r) for r in rounds] == [3, 3, 2] and [f["rows"] for f in decision_files] == [3, 3, 2]
+    assert sum(rounds, []) == sorted(str(d.pk) for d in due)  # disjoint, in key order, all of them
+    for f in summary["files"]:
+        assert verify_checksum(Path(f["path"]))
+    for ids, f in zip(rounds, experience_files):  # each round's outcomes are in that round's file
+        assert {r["decision_id"] for r in _rows(f["path"])} == {str(pk) for pk in paired if str(pk) in ids}
+    assert list(Decision.objects.values_list("pk", flat=True)) == [recent.pk] and not Experience.objects.exists()
+
+
+def test_a_full_last_round_leaves_no_empty_files(tmp_path):
+    for i in range(4):
+        _decision(40 + i)
+    summary = _run(tmp_path, "--round", "2")
+    assert summary["rounds"] == 2 and [f["rows"] for f in summary["files"][0::2]] == [2, 2]
+    assert sorted(p.name for p in (tmp_path / "archive").iterdir()) == sorted(
+        name for f in summary["files"] for name in (Path(f["path"]).name, Path(f["path"]).name + ".sha256")
+    )
+
+
+def test_a_round_of_a_later_run_keeps_what_was_paired_since_and_archives_it_next_time(tmp_path):
+    """A run stopped after its archive (or a decision paired meanwhile): nothing is lost; the next
+    run archives the kept decision again with its outcome once that is old."""
+    late = _decision(40)
+    result = retention_archive(cutoff=timezone.now() - timedelta(days=30), out_dir=tmp_path / "archive", stamp="t")
+    _experience(late, 0)
+    retention_delete(result=result, batch=10)
+    assert Decision.objects.filter(pk=late.pk).exists()
+    assert _run(tmp_path)["decisions_archived"] == 0  # its outcome is recent: not due yet
+    Experience.objects.filter(decision=late).update(closed_at=timezone.now() - timedelta(days=31))
+    again = _run(tmp_path)
+    assert (again["decisions_archived"], again["experiences_archived"], again["decisions_deleted"]) == (1, 1, 1)
+
+
+def test_a_round_too_small_is_refused(tmp_path):
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="--round"):
+        call_command("rlv3_retention", "--round", "0", "--out", str(tmp_path))
