@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from django.db import transaction
+from django.db import router, transaction
 from django.db.models import Exists, OuterRef
 
 from .models import Decision, Experience
@@ -191,8 +191,10 @@ def retention_delete(*, result: RetentionResult, batch: int) -> RetentionResult:
             current = Experience.objects.filter(decision_id__in=ids).values_list("pk", flat=True)
             exp_deleted, _ = Experience.objects.filter(pk__in=[pk for pk in current if pk in archived_experiences]).delete()
             # ... then the decisions that now have no experience. One that was paired after the
-            # archive was written keeps its row (and its new experience).
-            dec_deleted, _ = Decision.objects.filter(pk__in=ids, experience__isnull=True).delete()
+            # archive was written keeps its row (and its new experience). One DELETE: the
+            # collector's delete() would first fetch every row of the batch to check PROTECT,
+            # which this filter already guarantees (and the foreign key still enforces).
+            dec_deleted = Decision.objects.filter(pk__in=ids, experience__isnull=True)._raw_delete(router.db_for_write(Decision))
         result.experiences_deleted += exp_deleted
         result.decisions_deleted += dec_deleted
         result.kept_paired_since += len(ids) - dec_deleted
