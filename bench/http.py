@@ -211,11 +211,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
     database_url = database_create(base_db, "rlv3_bench")
+    # The run's files (request bodies, wrk's script, gunicorn's and nginx's logs, the model
+    # directory): removed after a run that worked, kept for a look after one that did not.
+    work = Path(tempfile.mkdtemp(prefix="rlv3-http-bench-"))
+    (work / "models").mkdir()
     env = production_env(database_url=database_url, redis_url=redis_url, RLV3_THROTTLE_PREDICT="100000000/min",
-                         RLV3_MODEL_DIR=tempfile.mkdtemp(prefix="rlv3-bench-models-"))
+                         RLV3_MODEL_DIR=str(work / "models"))
     manage("migrate", "--noinput", env=env)
     token = operator_token(env)
-    work = Path(tempfile.mkdtemp(prefix="rlv3-http-bench-"))
     script = work / "load.lua"
     script.write_text(WRK_SCRIPT)
     rng = random.Random(7)
@@ -253,10 +256,14 @@ def main(argv: list[str] | None = None) -> int:
         results["status"] = wrk_run(url=base + "status", token=token, seconds=max(2.0, args.seconds / 2), connections=args.connections,
                                     threads=1, script=script)
         peaks = sampler.stop()
+    except BaseException:
+        print(f"bench/http.py: the run failed; its logs are in {work}", file=sys.stderr)
+        raise
     finally:
         if proxy is not None:
             proxy.stop()
         web.stop()
+    shutil.rmtree(work, ignore_errors=True)
 
     batch_obs = results["batch"]["rps"] * args.batch
     rss = [round(v, 1) for _, v in sorted(peaks.items())]
