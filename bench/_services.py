@@ -64,16 +64,19 @@ def database_create(base_url: str, name: str, *, fresh: bool = True) -> str:
     return database_url_for(base_url, name)
 
 
-def django_on_database(name: str) -> None:
+def django_on_database(name: str, *, fresh: bool = False) -> str:
     """Set Django up in this process (settings from the environment) on the local PostgreSQL's
-    database ``name``, created if it is missing, and migrate it."""
-    os.environ["DATABASE_URL"] = database_create("postgres://postgres@127.0.0.1:5432/postgres", name, fresh=False)
+    database ``name``, created if it is missing (made anew if ``fresh``), and migrate it; returns
+    the database's URL."""
+    url = database_create("postgres://postgres@127.0.0.1:5432/postgres", name, fresh=fresh)
+    os.environ["DATABASE_URL"] = url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rlv3site.settings")
     import django
     from django.core.management import call_command
 
     django.setup()
     call_command("migrate", verbosity=0)
+    return url
 
 
 def database_drop(base_url: str, name: str) -> None:

@@ -37,7 +37,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import emit_json, machine, print_table, record  # noqa: E402
-from bench._services import database_create, django_on_database  # noqa: E402
+from bench._services import django_on_database  # noqa: E402
 
 DAYS = 365
 
@@ -151,8 +151,7 @@ def main() -> int:
     # each a list of a thousand ids here, and that, not the command, would set the memory).
     os.environ["DJANGO_DEBUG"] = "false"
     os.environ.setdefault("DJANGO_SECRET_KEY", secrets.token_urlsafe(50))
-    url = database_create("postgres://postgres@127.0.0.1:5432/postgres", args.database, fresh=True)
-    django_on_database(args.database)
+    url = django_on_database(args.database, fresh=True)
     from django.db import connection
     from django.utils import timezone
 
@@ -176,13 +175,13 @@ def main() -> int:
     for name in ("ours", "plain"):
         print(f"{name}: filling {args.rows:,} old and {recent:,} recent decisions ...", flush=True)
         decisions, experiences = fill()
-        old_experiences = Experience.objects.filter(closed_at__lt=timezone.now() - timedelta(days=DAYS)).count()
         cutoff = timezone.now() - timedelta(days=DAYS)
+        old_experiences = Experience.objects.filter(closed_at__lt=cutoff).count()
         with tempfile.TemporaryDirectory(prefix="rlv3-retention-") as out, Observers(url) as observers:
             started = time.perf_counter()
             if name == "ours":
                 outcome = retention_run(cutoff=cutoff, out_dir=Path(out), stamp="bench", batch=args.batch, round_rows=args.round)
-                phases = {"rounds": outcome.rounds}
+                rounds = outcome.rounds
                 archived = (outcome.decisions_archived, outcome.experiences_archived)
                 archive_mb = sum(Path(f.path).stat().st_size for f in outcome.files) / 1e6
             else:
@@ -190,7 +189,7 @@ def main() -> int:
                     cur.execute("BEGIN")
                     cur.execute(PLAIN, {"cutoff": cutoff})
                     cur.execute("COMMIT")
-                archived, archive_mb, phases = (0, 0), 0.0, {}
+                archived, archive_mb, rounds = (0, 0), 0.0, None
             seconds = time.perf_counter() - started
         figures = observers.figures()
         left_old = Decision.objects.filter(created_at__lt=cutoff).count()
@@ -206,7 +205,7 @@ def main() -> int:
             "decisions_removed": decisions - left,
             "experiences_removed": experiences - Experience.objects.count(),
             "archive_mb": round(archive_mb, 1),
-            **phases,
+            "rounds": rounds,
             **figures,
         }
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
